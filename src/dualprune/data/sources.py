@@ -284,7 +284,8 @@ def ensure_files(name: str, root: Path, *, download: bool = True, alternative: s
         name: A key of :data:`SOURCES` (``"mnist"``, ``"cifar10"`` ...).
         root: The data root (see :func:`resolve_root`).
         download: Fetch missing files from the official mirrors. ``False`` never
-            touches the network.
+            touches the network; neither does a non-empty ``DUALPRUNE_OFFLINE``
+            environment variable (other than ``0``).
         alternative: Text naming another accepted layout, added to error messages.
 
     Returns:
@@ -295,6 +296,7 @@ def ensure_files(name: str, root: Path, *, download: bool = True, alternative: s
             offline, unwritable root), or a download fails its md5 check.
     """
     source = SOURCES[name]
+    download = download and os.environ.get("DUALPRUNE_OFFLINE", "") in ("", "0")
     folder = root / source.folder
     missing = [f for f in source.needed if not _present(folder, f)]
     if not missing:

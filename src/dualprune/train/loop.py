@@ -11,9 +11,10 @@ source of randomness is restored from the checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -97,15 +98,43 @@ def fit(
         progress: show a progress bar (None: only on a terminal).
 
     Note:
-        Sets ``torch.set_flush_denormal(True)`` for the process (a large speed-up on CPUs).
+        Runs under :func:`flush_denormals` (a large speed-up on CPUs).
 
     Raises:
         CheckpointError: the checkpoint to resume is corrupt or from another run.
     """
-    out = ckpt_io.ensure_writable(out)
-    # Denormal floats appear in small gradients and make CPU kernels ~8x slower
-    # (LeNet-5/MNIST: 700 vs 5,500 samples/s); flushing them to zero costs no accuracy.
+    with flush_denormals():
+        return _fit(model, train_loader, test_loader, cfg, out, meta, resume, progress)
+
+
+@contextlib.contextmanager
+def flush_denormals() -> Iterator[None]:
+    """Flush denormal floats to zero inside the block, then restore the previous mode.
+
+    Denormals appear in small gradients and make CPU kernels several times
+    slower (LeNet-5/MNIST: ~700 vs ~5,500 samples/s here); flushing them costs
+    no accuracy.
+    """
+    tiny = torch.tensor([1e-39])  # a float32 denormal
+    was_on = bool((tiny * 1.0).item() == 0.0)
     torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(was_on)
+
+
+def _fit(
+    model: nn.Module,
+    train_loader: BatchLoader,
+    test_loader: Iterable[tuple[Tensor, Tensor]],
+    cfg: TrainConfig,
+    out: str | Path,
+    meta: dict[str, Any] | None,
+    resume: bool,
+    progress: bool | None,
+) -> list[dict[str, Any]]:
+    out = ckpt_io.ensure_writable(out)
     meta = dict(meta or {})
     config = cfg.model_dump(mode="json")
     optimizer = build_optimizer(model, cfg)

@@ -24,9 +24,9 @@ from datetime import date
 from pathlib import Path
 
 import torch
+from common import RESULTS, cpu_model, replace_rows  # benchmarks/common.py
 
-HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results"
+ROW_TAG = "baseline:"
 
 
 def run_cli(args: list[str]) -> tuple[list[dict], float, str]:
@@ -43,7 +43,7 @@ def run_cli(args: list[str]) -> tuple[list[dict], float, str]:
 def machine() -> dict:
     """What the figures were measured on."""
     return {
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
@@ -63,7 +63,7 @@ def lenet5(data_dir: str, epochs: int) -> dict:
             "--epochs",
             str(epochs),
             "--lr",
-            "0.05",
+            "0.01",
             "--nesterov",
             "--schedule",
             "cosine",
@@ -143,7 +143,42 @@ def main() -> None:
     if args.only in (None, "resnet20"):
         results["resnet20"] = {**resnet20(args.data_dir, args.resnet_epochs), **info}
     path.write_text(json.dumps(results, indent=2) + "\n")
+    write_table(results)
     print(json.dumps(results, indent=2))
+
+
+def write_table(results: dict) -> None:
+    """One row per baseline in results/README.md."""
+    rows = []
+    if "lenet5" in results:
+        r = results["lenet5"]
+        first = r["first_epoch_at_99.2"]
+        reached = (
+            f"99.2% first at epoch {first} ({r['train_seconds_to_99.2']:.0f} s of training)"
+            if first
+            else "99.2% not reached"
+        )
+        rows.append(
+            f"| {ROW_TAG} LeNet-5 / MNIST | SGD Nesterov, lr 0.01 cosine, batch 64, "
+            f"{r['epochs']} epochs; {_where(r)} | {100 * r['final_test_acc']:.2f}% final "
+            f"(best {100 * r['best_test_acc']:.2f}%); {reached}; "
+            f"{r['seconds_per_epoch']:.1f} s/epoch, {r['wall_seconds']:.0f} s wall "
+            f"| ≥ 99.2% | `{r['command']}` |"
+        )
+    if "resnet20" in results:
+        r = results["resnet20"]
+        rows.append(
+            f"| {ROW_TAG} ResNet-20 / CIFAR-10 epoch time | batch 128, crop + flip, "
+            f"{r['epochs']} epoch(s); {_where(r)} | {r['seconds_per_epoch']:.0f} s/epoch "
+            f"({r['samples_per_s']:.0f} samples/s); test {100 * r['test_acc_after']:.1f}% "
+            f"after | — | `{r['command']}` |"
+        )
+    replace_rows(ROW_TAG, rows)
+
+
+def _where(r: dict) -> str:
+    m = r["machine"]
+    return f"{m['cpu_count']} CPUs, {m['torch_threads']} threads, torch {m['torch']}"
 
 
 if __name__ == "__main__":

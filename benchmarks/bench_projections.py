@@ -30,18 +30,13 @@ import shlex
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
+from common import RESULTS, cpu_model, replace_rows  # benchmarks/common.py
 
 from dualprune.constraints import Quantization, Sparsity
 from dualprune.errors import ConstraintError
 
-RESULTS = Path(__file__).resolve().parent / "results"
-TABLE_HEADER = [
-    "| benchmark | setting | result | target | command |",
-    "|---|---|---|---|---|",
-]
 ROW_TAG = "projection:"
 FAST = ("irregular", "filter", "channel", "column")
 CASES = [  # (structure, ratio, options)
@@ -74,17 +69,6 @@ def resnet50_shapes() -> list[tuple[str, tuple[int, ...]]]:
             cin = 4 * width
     shapes.append(("fc.weight", (1000, 2048)))
     return shapes
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo, or the machine type."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.machine()
 
 
 def time_all(project, weights: list[torch.Tensor], repeats: int) -> list[float]:
@@ -190,20 +174,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def write_table(results: list[dict], command: str, record: dict) -> None:
     """Replace this benchmark's rows in results/README.md, keeping every other row."""
-    path = RESULTS / "README.md"
-    lines = path.read_text().splitlines() if path.exists() else []
-    if not lines:
-        lines = [
-            "# Benchmark results",
-            "",
-            "One row per measured quantity; the command "
-            "reproduces it. Raw data in the JSON files beside this one.",
-            "",
-            *TABLE_HEADER,
-        ]
-    elif not any(line.startswith("| benchmark |") for line in lines):
-        lines += ["", *TABLE_HEADER]
-    lines = [line for line in lines if not line.startswith(f"| {ROW_TAG}")]
     where = f"{record['cpu_count']} CPUs, {record['threads']} threads, torch {record['torch']}"
     rows = []
     for r in results:
@@ -214,12 +184,7 @@ def write_table(results: list[dict], command: str, record: dict) -> None:
             f"{r['weights'] / 1e6:.1f}M weights; {where} | {r['best_s']:.3f} s "
             f"(median {r['median_s']:.3f} s) | ≤ {r['target_s']:g} s | `{command}` |"
         )
-    header_end = max(i for i, line in enumerate(lines) if line.startswith("|---"))
-    end = header_end + 1
-    while end < len(lines) and lines[end].startswith("|"):
-        end += 1
-    lines[end:end] = rows
-    path.write_text("\n".join(lines) + "\n")
+    replace_rows(ROW_TAG, rows)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,8 @@ __all__ = ["TrainConfig", "validation_message"]
 class TrainConfig(BaseModel):
     """Everything that decides a training run, besides the model and the data.
 
-    The defaults train LeNet-5 on MNIST to ~99.1% in 5 epochs on a laptop CPU.
+    Defaults suit BatchNorm CNNs on CIFAR; recipes set their own (see
+    ``dualprune/recipes/``).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)

@@ -72,30 +72,51 @@ def _add_progress(p: argparse.ArgumentParser) -> None:
 
 
 def _train_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("training")
-    g.add_argument("--epochs", type=_positive_int, help="passes over the training set")
-    g.add_argument("--batch-size", type=_positive_int)
-    g.add_argument("--lr", type=_positive_float, help="base (peak) learning rate")
-    g.add_argument("--optimizer", choices=["sgd", "adam", "adamw"])
-    g.add_argument("--momentum", type=float, help="SGD momentum / Adam beta1")
-    g.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None)
-    g.add_argument("--weight-decay", type=float)
-    g.add_argument("--schedule", choices=["constant", "step", "cosine", "onecycle"])
-    g.add_argument("--warmup-epochs", type=float)
-    g.add_argument("--label-smoothing", type=float)
-    g.add_argument("--seed", type=int)
-    g.add_argument(
+    from dualprune.train.config import TrainConfig
+
+    fields = TrainConfig.model_fields
+    g = p.add_argument_group("training (defaults: the recipe's, else as shown)")
+
+    def add(flag: str, **kw: Any) -> None:
+        field = fields[flag.removeprefix("--").replace("-", "_")]
+        about = kw.pop("help", None) or field.description
+        default = field.get_default()
+        shown = f"default {default}" if default is not None else "default: all"
+        g.add_argument(flag, help=f"{about}; {shown}" if about else shown, **kw)
+
+    add("--epochs", type=_positive_int)
+    add("--batch-size", type=_positive_int)
+    add("--lr", type=_positive_float)
+    add("--optimizer", choices=["sgd", "adam", "adamw"])
+    add("--momentum", type=float)
+    add("--nesterov", action=argparse.BooleanOptionalAction, default=None)
+    add("--weight-decay", type=float, help="on weights of rank >= 2")
+    add("--schedule", choices=["constant", "step", "cosine", "onecycle"])
+    add("--warmup-epochs", type=float)
+    add("--label-smoothing", type=float)
+    add("--seed", type=int, help="model initialisation and data order")
+    add(
         "--train-samples",
         type=_positive_int,
         metavar="N",
         help="train on the first N samples only (quick checks)",
     )
-    g.add_argument(
+    add(
         "--test-samples",
         type=_positive_int,
         metavar="N",
         help="evaluate on the first N test samples only",
     )
+
+
+def _run_options(p: argparse.ArgumentParser, default_out: str) -> None:
+    """Options shared by ``run`` and ``train``."""
+    p.add_argument("--out", metavar="DIR", help=f"run directory (default: {default_out})")
+    p.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt")
+    _add_data_dir(p)
+    _add_progress(p)
+    _add_threads(p)
+    _train_options(p)
 
 
 _TRAIN_KEYS = (
@@ -221,12 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run a recipe: a YAML file or a built-in recipe name.",
     )
     p.add_argument("recipe", nargs="?", help="recipe file or built-in name")
-    p.add_argument("--out", metavar="DIR", help="run directory (default: the recipe's)")
-    p.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt")
-    _add_data_dir(p)
-    _add_progress(p)
-    _add_threads(p)
-    _train_options(p)
+    _run_options(p, default_out="the recipe's")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser(
@@ -241,12 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="mnist, fashion_mnist, cifar10, cifar100 or imagefolder:PATH",
     )
     p.add_argument("--num-classes", type=_positive_int, help="default: the data set's")
-    p.add_argument("--out", metavar="DIR", help="run directory (default: runs/MODEL-DATASET)")
-    p.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt")
-    _add_data_dir(p)
-    _add_progress(p)
-    _add_threads(p)
-    _train_options(p)
+    _run_options(p, default_out="runs/MODEL-DATASET")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser(

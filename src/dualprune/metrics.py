@@ -13,14 +13,9 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor, nn
 
-__all__ = ["LayerStats", "compression_ratio", "layer_stats", "prunable_layers", "totals"]
+from dualprune.plan import prunable_layers
 
-PRUNABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
-
-
-def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """Convolution and linear modules by fully-qualified name, in model order."""
-    return {n: m for n, m in model.named_modules() if isinstance(m, PRUNABLE)}
+__all__ = ["LayerStats", "compression_ratio", "layer_stats", "totals"]
 
 
 @dataclass(frozen=True)

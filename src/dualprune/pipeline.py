@@ -156,8 +156,9 @@ def run(recipe: Recipe, *, resume: bool = False, progress: bool | None = None) -
         "test accuracy": f"{100 * final['test_acc']:.2f}%",
         "test loss": f"{final['test_loss']:.4f}",
     }
-    report = write_report(out, model, example, summary, title=f"{recipe.model} on {recipe.dataset}")
-    table = layer_table(layer_stats(model, example))
+    stats = layer_stats(model, example)
+    report = write_report(out, stats, summary, title=f"{recipe.model} on {recipe.dataset}")
+    table = layer_table(stats)
     return RunResult(out, final["test_acc"], final["test_loss"], table, report)
 
 

@@ -6,9 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from torch import Tensor, nn
-
-from dualprune.metrics import LayerStats, layer_stats, totals
+from dualprune.metrics import LayerStats, totals
 
 __all__ = ["layer_table", "write_report"]
 
@@ -69,8 +67,7 @@ def layer_table(stats: list[LayerStats], markdown: bool = False) -> str:
 
 def write_report(
     out: str | Path,
-    model: nn.Module,
-    example_input: Tensor | None,
+    stats: list[LayerStats],
     summary: dict[str, Any],
     title: str = "dualprune report",
 ) -> Path:
@@ -78,13 +75,11 @@ def write_report(
 
     Args:
         out: run directory.
-        model: the (possibly pruned) model to describe.
-        example_input: one input batch for MAC counting (None: MACs are 0).
+        stats: per-layer counts of the model (:func:`~dualprune.metrics.layer_stats`).
         summary: run-level figures (accuracy, epochs, ...) shown above the table.
         title: Markdown title.
     """
     out = Path(out)
-    stats = layer_stats(model, example_input)
     lines = [f"# {title}", ""]
     lines += [f"- **{k}**: {v}" for k, v in summary.items()]
     lines += ["", "## Layers", "", layer_table(stats, markdown=True), ""]

@@ -5,11 +5,14 @@ The public API in one place::
     import dualprune as dp
     plan = dp.Plan({"conv*": dp.Sparsity(0.8, "filter"),
                     "fc1": dp.Sparsity(0.99) & dp.Quantization(bits=3)})
+    solver = dp.SLR(model, plan, rho=0.1)     # or dp.ADMM(...), dp.Magnitude(...)
+    ...                                       # your loop: solver.regularize(), .step(), .update()
+    masks = solver.hard_prune()               # W ← Π_S(W); masks.attach(model) to retrain
 
 See README.md for a tour and docs/ for the math.
 """
 
-from dualprune import errors
+from dualprune import errors, solvers
 from dualprune.constraints import (
     Constraint,
     Intersection,
@@ -18,18 +21,26 @@ from dualprune.constraints import (
     channel_groups,
     from_dict,
 )
+from dualprune.masks import Masks
 from dualprune.plan import Plan
+from dualprune.solvers import ADMM, SLR, Magnitude, Solver
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ADMM",
+    "SLR",
     "Constraint",
     "Intersection",
+    "Magnitude",
+    "Masks",
     "Plan",
     "Quantization",
+    "Solver",
     "Sparsity",
     "__version__",
     "channel_groups",
     "errors",
     "from_dict",
+    "solvers",
 ]

@@ -112,11 +112,26 @@ def _train_options(p: argparse.ArgumentParser) -> None:
 def _run_options(p: argparse.ArgumentParser, default_out: str) -> None:
     """Options shared by ``run`` and ``train``."""
     p.add_argument("--out", metavar="DIR", help=f"run directory (default: {default_out})")
-    p.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="skip the stages DIR already finished and continue the unfinished one",
+    )
     _add_data_dir(p)
     _add_progress(p)
     _add_threads(p)
-    _train_options(p)
+
+
+def _setting(text: str) -> tuple[str, Any]:
+    import yaml
+
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got '{text}'")
+    try:
+        return key.strip(), yaml.safe_load(value)
+    except yaml.YAMLError:
+        raise argparse.ArgumentTypeError(f"'{value}' is not a YAML value") from None
 
 
 _TRAIN_KEYS = (
@@ -136,10 +151,6 @@ _TRAIN_KEYS = (
 )
 
 
-def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    return {f"train.{k}": getattr(args, k) for k in _TRAIN_KEYS}
-
-
 def _execute(recipe: Any, args: argparse.Namespace) -> int:
     from dualprune.pipeline import run
 
@@ -147,7 +158,12 @@ def _execute(recipe: Any, args: argparse.Namespace) -> int:
     print()
     print(result.table)
     print()
-    print(f"test accuracy {100 * result.test_acc:.2f}%  (loss {result.test_loss:.4f})")
+    names = {"hard_prune": "hard prune (retrain-free)"}
+    for stage, r in result.stages.items():
+        print(
+            f"{names.get(stage, stage):<26} test accuracy {100 * r['test_acc']:.2f}%  "
+            f"(loss {r['test_loss']:.4f})"
+        )
     print(f"report: {result.report}")
     return 0
 
@@ -156,8 +172,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     """``dualprune run [RECIPE]``."""
     from dualprune.pipeline import load_recipe
 
-    recipe = load_recipe(args.recipe, out=args.out, data_dir=args.data_dir, **_overrides(args))
+    settings = dict(args.settings or [])
+    recipe = load_recipe(args.recipe, settings, out=args.out, data_dir=args.data_dir)
     return _execute(recipe, args)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """``dualprune report RUN_DIR``."""
+    from dualprune.pipeline import report_run
+
+    path, table = report_run(args.run_dir)
+    print(table)
+    print(f"\nreport: {path}")
+    return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -174,7 +201,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             "data_dir": args.data_dir,
             "out": args.out or f"runs/{args.model}-{args.dataset}".replace(":", "_"),
             "num_classes": args.num_classes,
-            "train": train,
+            "pretrain": train,
         },
         "options",
     )
@@ -195,7 +222,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print(r["table"])
     print()
     print(
-        f"{r['model']} (epoch {r['epoch']}) on {r['dataset']} test: "
+        f"{r['model']} ({r['where']}) on {r['dataset']} test: "
         f"accuracy {100 * r['acc']:.2f}%  loss {r['loss']:.4f}  ({r['samples']} samples)"
     )
     return 0
@@ -238,12 +265,34 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "run",
-        help="run a recipe (default: the built-in lenet5-mnist)",
-        description="Run a recipe: a YAML file or a built-in recipe name.",
+        help="run a recipe (default: the built-in quickstart)",
+        description=(
+            "Run a recipe (a YAML file or a built-in name): pretrain or load, compress "
+            "with the solver, hard prune, retrain with masks, evaluate, export, report."
+        ),
     )
-    p.add_argument("recipe", nargs="?", help="recipe file or built-in name")
+    p.add_argument("recipe", nargs="?", help="recipe file or built-in name (default: quickstart)")
+    p.add_argument(
+        "--set",
+        dest="settings",
+        action="append",
+        type=_setting,
+        metavar="KEY=VALUE",
+        help=(
+            "override a recipe key (YAML value), e.g. --set compress.epochs=2 "
+            "--set solver.rho=0.01; --set pretrain=null drops a stage"
+        ),
+    )
     _run_options(p, default_out="the recipe's")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser(
+        "report",
+        help="(re)write the report of a run",
+        description="Write report.md, report.json and the plots of a run; print its table.",
+    )
+    p.add_argument("run_dir", help="a run directory written by 'dualprune run'")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser(
         "train",
@@ -258,14 +307,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--num-classes", type=_positive_int, help="default: the data set's")
     _run_options(p, default_out="runs/MODEL-DATASET")
+    _train_options(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser(
         "eval",
-        help="evaluate a checkpoint",
-        description="Evaluate a checkpoint (file or run directory) on a test set.",
+        help="evaluate a run or a checkpoint",
+        description="Evaluate a run's final model, or a stage checkpoint, on a test set.",
     )
-    p.add_argument("checkpoint", help="checkpoint.pt or a run directory")
+    p.add_argument("checkpoint", help="a run directory, a stage directory or a checkpoint.pt")
     p.add_argument("--dataset", help="default: the data set it was trained on")
     p.add_argument("--model", help="require the checkpoint to be of this model")
     p.add_argument("--batch-size", type=_positive_int, default=1000)

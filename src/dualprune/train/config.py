@@ -21,7 +21,7 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    epochs: int = Field(10, gt=0, description="passes over the training set")
+    epochs: int = Field(10, ge=0, description="passes over the training set (0: skip)")
     batch_size: int = Field(64, gt=0)
     eval_batch_size: int = Field(1000, gt=0)
     optimizer: Literal["sgd", "adam", "adamw"] = "sgd"

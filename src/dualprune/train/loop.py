@@ -23,11 +23,24 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from dualprune.errors import CheckpointError
 from dualprune.train import checkpoint as ckpt_io
 from dualprune.train.config import TrainConfig
 from dualprune.train.schedules import make_schedule
 
 __all__ = ["BatchLoader", "build_optimizer", "evaluate", "fit"]
+
+
+class SolverHooks(Protocol):
+    """What :func:`fit` calls on a solver (every ``dualprune.solvers.Solver`` has these)."""
+
+    history: list[dict[str, Any]]
+
+    def regularize(self) -> None: ...
+    def step(self, loss: Tensor | float | None = None) -> dict[str, Any] | None: ...
+    def update(self, train_loss: float | None = None) -> dict[str, Any] | None: ...
+    def state_dict(self) -> dict[str, Any]: ...
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
 class BatchLoader(Protocol):
@@ -83,6 +96,7 @@ def fit(
     meta: dict[str, Any] | None = None,
     resume: bool = False,
     progress: bool | None = None,
+    solver: SolverHooks | None = None,
 ) -> list[dict[str, Any]]:
     """Train ``model`` and return one metrics dict per epoch run.
 
@@ -96,6 +110,11 @@ def fit(
             check a resumed or evaluated checkpoint against its model).
         resume: continue from ``out/checkpoint.pt`` if it exists.
         progress: show a progress bar (None: only on a terminal).
+        solver: a compression solver (``dualprune.solvers``): its penalty gradient is
+            added after every ``backward()`` (``regularize``), ``step(loss)`` runs
+            after every optimizer step and ``update(train_loss)`` after every
+            epoch; its updates are appended to ``out/updates.jsonl`` and its
+            state goes into the checkpoint. ``train_loss`` is f(W) without the penalty.
 
     Note:
         Runs under :func:`flush_denormals` (a large speed-up on CPUs).
@@ -104,7 +123,7 @@ def fit(
         CheckpointError: the checkpoint to resume is corrupt or from another run.
     """
     with flush_denormals():
-        return _fit(model, train_loader, test_loader, cfg, out, meta, resume, progress)
+        return _fit(model, train_loader, test_loader, cfg, out, meta, resume, progress, solver)
 
 
 @contextlib.contextmanager
@@ -133,6 +152,7 @@ def _fit(
     meta: dict[str, Any] | None,
     resume: bool,
     progress: bool | None,
+    solver: SolverHooks | None = None,
 ) -> list[dict[str, Any]]:
     out = ckpt_io.ensure_writable(out)
     meta = dict(meta or {})
@@ -148,6 +168,7 @@ def _fit(
     )
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     metrics_path = out / "metrics.jsonl"
+    updates_path = out / "updates.jsonl"
     start = 0
     if resume and (out / "checkpoint.pt").exists():
         state = ckpt_io.load(out / "checkpoint.pt")
@@ -156,11 +177,21 @@ def _fit(
             model, state, model_name=meta.get("model_name", ""), path=out / "checkpoint.pt"
         )
         optimizer.load_state_dict(state["optimizer"])
+        if solver is not None:
+            if "solver" not in state:
+                raise CheckpointError(
+                    f"{out / 'checkpoint.pt'} has no solver state; start the stage again "
+                    "without resume"
+                )
+            solver.load_state_dict(state["solver"])
+            _write_lines(updates_path, solver.history)
         ckpt_io.restore_rng(state["rng"])
         start = int(state["epoch"]) + 1
         _truncate_metrics(metrics_path, start)
-    elif metrics_path.exists():
-        metrics_path.unlink()
+    else:
+        for path in (metrics_path, updates_path):
+            if path.exists():
+                path.unlink()
 
     history = []
     for epoch in range(start, cfg.epochs):
@@ -185,7 +216,11 @@ def _fit(
             loss = criterion(logits, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if solver is not None:
+                solver.regularize()
             optimizer.step()
+            if solver is not None and (update := solver.step(loss.detach())) is not None:
+                _write_lines(updates_path, [update], append=True)
             loss_sum += loss.detach() * y.numel()
             correct += (logits.detach().argmax(1) == y).sum()
             n += y.numel()
@@ -197,6 +232,10 @@ def _fit(
                     rate=f"{rate:.0f}/s",
                 )
         seconds = time.perf_counter() - t0
+        solver_note = ""
+        if solver is not None and (update := solver.update(loss_sum.item() / max(n, 1))):
+            _write_lines(updates_path, [update], append=True)
+            solver_note = "  " + _solver_summary(update)
         test = evaluate(model, test_loader)
         record = {
             "epoch": epoch + 1,
@@ -213,7 +252,7 @@ def _fit(
             f"epoch {epoch + 1:>3}/{cfg.epochs}  train loss {record['train_loss']:.4f} "
             f"acc {100 * record['train_acc']:.2f}%  test loss {test['loss']:.4f} "
             f"acc {100 * test['acc']:.2f}%  lr {lr:.4g}  {seconds:.1f}s "
-            f"({record['samples_per_s']:.0f} samples/s)"
+            f"({record['samples_per_s']:.0f} samples/s){solver_note}"
         )
         with open(metrics_path, "a") as f:  # before the checkpoint: resume trims extra lines
             f.write(json.dumps(record) + "\n")
@@ -228,10 +267,35 @@ def _fit(
                 "schedule": {"name": cfg.schedule, "step": (epoch + 1) * steps},
                 "rng": ckpt_io.capture_rng(),
                 "metrics": record,
+                **({"solver": solver.state_dict()} if solver is not None else {}),
             },
             out / "checkpoint.pt",
         )
     return history
+
+
+def _solver_summary(update: dict[str, Any]) -> str:
+    """One short line about a solver update: mean ||W−Z||/||W||, ρ, SLR's s and conditions."""
+    layers = update.get("layers", {})
+    parts = []
+    res = [v["residual"] for v in layers.values() if "residual" in v]
+    if res:
+        parts.append(f"|W-Z|/|W| {sum(res) / len(res):.3g}")
+    if "rho" in update:
+        parts.append(f"rho {update['rho']:.3g}")
+    if "step_size" in update:
+        held = "".join("y" if c else "n" for c in update.get("conditions", []))
+        parts.append(f"s {update['step_size']:.3g} cond {held}")
+    if "fraction_of_target" in update:
+        parts.append(f"ratio {100 * update['fraction_of_target']:.0f}% of target")
+    return f"[update {update.get('update', '?')}: {', '.join(parts)}]"
+
+
+def _write_lines(path: Path, records: list[dict[str, Any]], append: bool = False) -> None:
+    """Write (or append) JSON lines."""
+    with open(path, "a" if append else "w") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
 
 
 def _truncate_metrics(path: Path, next_epoch: int) -> None:

@@ -1,0 +1,212 @@
+"""Recipes: one YAML file that decides a whole run, validated with one-line errors.
+
+A recipe names the model and data set and the settings of each stage::
+
+    model: lenet5
+    dataset: mnist
+    out: runs/quickstart
+    pretrained: null            # or a checkpoint.pt / model.safetensors to start from
+    pretrain: {epochs: 4, lr: 0.01, ...}          # TrainConfig; omit to skip
+    plan:                                          # dualprune.Plan.from_dict form
+      layers: {"conv*": {type: sparsity, ratio: 0.8}}
+    solver: {name: slr, rho: 0.1, update_every: 1}  # admm | slr | magnitude
+    compress: {epochs: 4, lr: 0.01, ...}          # training under the solver
+    retrain: {epochs: 2, ...}                     # masked retraining (0: none)
+
+Stages without settings are skipped, so ``model + dataset + pretrain`` is a
+plain training run.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from dualprune.errors import ConfigError, ConstraintError, PlanError, UnknownNameError
+from dualprune.plan import Plan
+from dualprune.train.config import TrainConfig, parse
+
+__all__ = [
+    "DEFAULT_RECIPE",
+    "ADMMOptions",
+    "MagnitudeOptions",
+    "Recipe",
+    "SLROptions",
+    "builtin_recipes",
+    "load_recipe",
+]
+
+DEFAULT_RECIPE = "quickstart"
+ROOT_RECIPES = Path(__file__).resolve().parents[1] / "recipes"  # also <repo>/recipes
+
+RhoValue = float | dict[str, float]
+
+
+class _Cadence(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    update_every: int = Field(1, ge=1, description="Z/dual step every N epochs")
+    update_every_batches: int | None = Field(
+        None, ge=1, description="Z/dual step every N batches instead"
+    )
+
+    def options(self) -> dict[str, Any]:
+        """Keyword arguments of the solver's constructor."""
+        return self.model_dump(exclude={"name"})
+
+
+class _Rho(_Cadence):
+    rho_growth: float = Field(1.0, ge=1, description="ρ ← γ·ρ per update")
+    rho_warmup: int = Field(0, ge=0, description="updates of a geometric ramp up to ρ")
+    rho_warmup_from: float = Field(0.01, gt=0, le=1, description="the ramp's start, × ρ")
+    rho_max: float | None = Field(None, gt=0, description="cap on ρ")
+
+
+class ADMMOptions(_Rho):
+    """Settings of :class:`dualprune.ADMM` (docs/algorithms.md §1)."""
+
+    name: Literal["admm"]
+    rho: RhoValue = 1e-3
+
+
+class SLROptions(_Rho):
+    """Settings of :class:`dualprune.SLR` (docs/algorithms.md §2)."""
+
+    name: Literal["slr"]
+    rho: RhoValue = 0.1
+    M: float = Field(300.0, gt=1)
+    r: float = Field(0.1, gt=0, lt=1)
+    s0: float = Field(0.01, gt=0)
+
+
+class MagnitudeOptions(_Cadence):
+    """Settings of :class:`dualprune.Magnitude`; ``steps`` defaults to every update."""
+
+    name: Literal["magnitude"]
+    schedule: Literal["oneshot", "iterative", "agp"] = "agp"
+    steps: int | None = Field(None, ge=1, description="default: all updates of the stage")
+    start: int = Field(0, ge=0)
+
+
+SolverOptions = Annotated[ADMMOptions | SLROptions | MagnitudeOptions, Field(discriminator="name")]
+
+
+class Recipe(BaseModel):
+    """A whole run: model, data, and the settings of each stage (module docstring)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str
+    dataset: str
+    num_classes: int | None = Field(None, gt=0, description="default: the data set's")
+    data_dir: str | None = None
+    out: str = "runs/run"
+    pretrained: str | None = Field(None, description="checkpoint to start from")
+    pretrain: TrainConfig | None = None
+    plan: dict[str, Any] | None = None
+    solver: SolverOptions | None = None
+    compress: TrainConfig | None = None
+    retrain: TrainConfig | None = None
+
+    def build_plan(self) -> Plan | None:
+        """The recipe's :class:`Plan` (None without one)."""
+        return None if self.plan is None else Plan.from_dict(self.plan)
+
+
+def builtin_recipes() -> list[str]:
+    """Names of the recipes shipped with the package."""
+    files = resources.files("dualprune.recipes").iterdir()
+    return sorted(f.name.removesuffix(".yaml") for f in files if f.name.endswith(".yaml"))
+
+
+def load_recipe(
+    source: str | os.PathLike[str] | None = None,
+    settings: Mapping[str, Any] | None = None,
+    **overrides: Any,
+) -> Recipe:
+    """Read a recipe from a YAML path or a built-in name, then apply overrides.
+
+    Args:
+        source: a YAML file or a built-in recipe name (default: quickstart).
+        settings: dotted keys set verbatim, e.g. ``{"compress.epochs": 2,
+            "solver.rho": 0.01, "pretrain": None}`` (None removes a stage).
+        **overrides: the same, but None values are ignored (for optional options).
+
+    Raises:
+        ConfigError: the file is missing, not YAML, or has bad keys or values (one
+            line naming the key and what is allowed).
+    """
+    source = DEFAULT_RECIPE if source is None else source
+    path = Path(source)
+    if path.is_file():
+        text, where = path.read_text(), str(path)
+    elif str(source) in builtin_recipes():
+        text = (resources.files("dualprune.recipes") / f"{source}.yaml").read_text()
+        where = f"recipe '{source}'"
+    else:
+        raise ConfigError(
+            f"recipe '{source}' is neither a file nor a built-in recipe "
+            f"(built-in: {', '.join(builtin_recipes())})"
+        )
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{where}: not valid YAML ({str(err).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping of keys, got {type(raw).__name__}")
+    merged = {k: v for k, v in overrides.items() if v is not None} | dict(settings or {})
+    for key, value in merged.items():
+        node = raw
+        *parents, leaf = key.split(".")
+        for p in parents:
+            child = node.get(p)
+            if child is None:
+                child = node[p] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"override '{key}': '{p}' is not a section of the recipe")
+            node = child
+        node[leaf] = value
+    return validate(raw, where)
+
+
+def validate(raw: dict[str, Any], where: str = "recipe") -> Recipe:
+    """Validate a recipe mapping: keys, values, and how the stages fit together.
+
+    Raises:
+        ConfigError: one line naming the bad key and what is allowed.
+    """
+    if isinstance(raw.get("solver"), dict) and "name" not in raw["solver"]:
+        raise ConfigError(f"{where}: solver.name is missing; use one of admm, slr, magnitude")
+    recipe: Recipe = parse(Recipe, raw, where)
+    if (recipe.plan is None) != (recipe.solver is None):
+        have, need = ("plan", "solver") if recipe.solver is None else ("solver", "plan")
+        raise ConfigError(f"{where}: a {have} needs a {need}; give both or neither")
+    if recipe.solver is not None and recipe.compress is None:
+        raise ConfigError(
+            f"{where}: solver '{recipe.solver.name}' needs a 'compress' section "
+            "(the training it runs under, e.g. compress: {epochs: 4})"
+        )
+    if recipe.solver is None and (recipe.compress is not None or recipe.retrain is not None):
+        raise ConfigError(f"{where}: 'compress' and 'retrain' need a plan and a solver")
+    if recipe.pretrain is None and recipe.pretrained is None and recipe.solver is not None:
+        raise ConfigError(
+            f"{where}: nothing to compress; give 'pretrain' settings or a 'pretrained' checkpoint"
+        )
+    if recipe.pretrain is None and recipe.pretrained is None and recipe.solver is None:
+        raise ConfigError(f"{where}: the recipe has no stage; give at least 'pretrain'")
+    try:
+        recipe.build_plan()
+    except (PlanError, ConstraintError, UnknownNameError) as err:
+        raise ConfigError(f"{where}: plan: {err}") from None
+    return recipe
+
+
+def recipe_yaml(recipe: Recipe) -> str:
+    """The recipe as YAML, every default filled in (what a run directory keeps)."""
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)

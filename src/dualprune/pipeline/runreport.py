@@ -1,0 +1,123 @@
+"""``dualprune report RUN_DIR``: the report of a run, rebuilt from its files alone.
+
+Reads ``run.json`` (model, classes, input shape), ``recipe.yaml`` (the plan and
+solver), ``model.safetensors`` (final weights), each stage's ``metrics.jsonl``
+and result file and ``compress/updates.jsonl``; needs no data set. The
+pipeline calls it at the end of every run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from dualprune import models
+from dualprune.errors import CheckpointError
+from dualprune.report import build_report, terminal_table, write_report
+
+__all__ = ["STAGES", "load_run_model", "read_stages", "report_run"]
+
+# (stage, file with its test accuracy and loss), in run order
+STAGES = (
+    ("pretrained", "pretrained.json"),
+    ("pretrain", "pretrain/done.json"),
+    ("compress", "compress/done.json"),
+    ("hard_prune", "hard_prune.json"),
+    ("retrain", "retrain/done.json"),
+    ("final", "final.json"),
+)
+
+
+def _json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"'{path}' is missing or not valid JSON ({err})") from None
+
+
+def _lines(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+
+
+def read_stages(out: Path) -> dict[str, dict[str, float]]:
+    """Test accuracy and loss after each stage the run finished, in run order."""
+    return {name: _json(out / f) for name, f in STAGES if (out / f).exists()}
+
+
+def load_run_model(out: str | os.PathLike[str]) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The final model of a run directory and its ``run.json``.
+
+    Raises:
+        CheckpointError: not a run directory, or its files are missing or corrupt.
+    """
+    out = Path(out)
+    if not (out / "run.json").is_file() or not (out / "model.safetensors").is_file():
+        raise CheckpointError(
+            f"'{out}' is not a finished run directory (needs run.json and model.safetensors; "
+            "run 'dualprune run RECIPE --out DIR' first)"
+        )
+    info = _json(out / "run.json")
+    model = models.create(info["model"], num_classes=int(info["num_classes"]))
+    try:
+        state = load_file(str(out / "model.safetensors"))
+    except Exception as err:
+        raise CheckpointError(f"'{out / 'model.safetensors'}' is corrupt ({err})") from None
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        first = str(err).splitlines()[0]
+        raise CheckpointError(
+            f"'{out / 'model.safetensors'}' does not fit {info['model']}: {first}"
+        ) from None
+    return model.eval(), info
+
+
+def report_run(out: str | os.PathLike[str]) -> tuple[Path, str]:
+    """Write ``report.md``, ``report.json`` and the plots of a run; return (path, table).
+
+    Raises:
+        CheckpointError: ``out`` is not a finished run directory.
+    """
+    from dualprune.pipeline.recipe import validate
+
+    out = Path(out)
+    model, info = load_run_model(out)
+    recipe = validate(yaml.safe_load((out / "recipe.yaml").read_text()), str(out / "recipe.yaml"))
+    plan = recipe.build_plan()
+    constraints = plan.resolve(model) if plan is not None else {}
+    stages = read_stages(out)
+    histories = {
+        name: rows
+        for name in ("pretrain", "compress", "retrain")
+        if (rows := _lines(out / name / "metrics.jsonl"))
+    }
+    summary = {"model": info["model"], "dataset": info["dataset"]}
+    if recipe.solver is not None:
+        summary["solver"] = ", ".join(
+            f"{k}={v}" for k, v in recipe.solver.model_dump().items() if v is not None
+        )
+    for name in ("pretrain", "compress", "retrain"):
+        cfg = getattr(recipe, name)
+        if cfg is not None and cfg.epochs:
+            summary[f"{name} epochs"] = str(cfg.epochs)
+    if recipe.pretrained:
+        summary["pretrained"] = recipe.pretrained
+    example = torch.zeros(1, *info["input_shape"])
+    report = build_report(model, example, constraints, stages=stages, summary=summary)
+    report["recipe"] = recipe.model_dump(mode="json")
+    path = write_report(
+        out,
+        report,
+        histories=histories,
+        updates=_lines(out / "compress" / "updates.jsonl"),
+        title=f"{info['model']} on {info['dataset']}",
+    )
+    return path, terminal_table(report)

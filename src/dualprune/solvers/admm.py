@@ -1,0 +1,120 @@
+"""ADMM (docs/algorithms.md §1): ECCV'18 weight pruning, ADMM-NN, StructADMM.
+
+Scaled form, per layer i:
+
+    W-step   train on f(W) + Σ ρ_i/2 ||W_i − Z_i + U_i||²_F       (Z, U constants)
+    Z-step   Z_i ← Π_{S_i}(W_i + U_i)
+    U-step   U_i ← U_i + W_i − Z_i
+    ρ        ρ_i ← schedule(k); U_i ← U_i · ρ_old/ρ_new
+
+Z⁰ = Π_S(W⁰), U⁰ = 0. U is a plain tensor, never a view of W nor part of any
+autograd graph (the released PyTorch code builds it from the live parameter,
+which leaks gradients through U). When ρ changes, the scaled dual is rescaled
+so that the unscaled multiplier ρU stays put (Boyd et al. 2011, §3.4.1);
+codes that grow ρ without the rescale change the multiplier too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from dualprune.constraints import Constraint
+from dualprune.plan import Plan
+from dualprune.solvers.base import _rel
+from dualprune.solvers.penalty import PenaltySolver
+
+__all__ = ["ADMM"]
+
+
+class ADMM(PenaltySolver):
+    """ADMM-regularized training towards each layer's constraint set.
+
+    Args:
+        model: The network.
+        plan: A :class:`~dualprune.Plan` or ``{layer name: Constraint}``.
+        rho: ρ, one float or ``{layer pattern: float}`` (ECCV'18 LeNet-5: 1e-4;
+            NEU PyTorch: 1e-3 growing ×1.3 per update; ADMM-NN: ~7e-3 per layer).
+        rho_growth: γ, ρ ← γ·ρ per update (1 = fixed ρ).
+        rho_warmup, rho_warmup_from, rho_max: see :class:`RhoSchedule`.
+        update_every: Z/U step every this many epochs.
+        update_every_batches: Z/U step every this many batches instead.
+
+    Example:
+        >>> solver = ADMM(model, Plan({"*": Sparsity(0.9)}), rho=1e-3)
+        >>> # per batch: loss.backward(); solver.regularize(); opt.step(); solver.step(loss)
+        >>> # per epoch: solver.update()
+        >>> masks = solver.hard_prune()
+    """
+
+    name = "admm"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        plan: Plan | Mapping[str, Constraint],
+        *,
+        rho: float | Mapping[str, float] = 1e-3,
+        rho_growth: float = 1.0,
+        rho_warmup: int = 0,
+        rho_warmup_from: float = 0.01,
+        rho_max: float | None = None,
+        update_every: int = 1,
+        update_every_batches: int | None = None,
+    ) -> None:
+        super().__init__(
+            model,
+            plan,
+            rho=rho,
+            rho_growth=rho_growth,
+            rho_warmup=rho_warmup,
+            rho_warmup_from=rho_warmup_from,
+            rho_max=rho_max,
+            update_every=update_every,
+            update_every_batches=update_every_batches,
+        )
+        self.U = {n: torch.zeros_like(z) for n, z in self.Z.items()}
+        self._refresh_anchor(self.rho)
+
+    def _refresh_anchor(self, rho: Mapping[str, float]) -> None:
+        for n in self.constraints:
+            torch.sub(self.Z[n], self.U[n], out=self.anchor[n])
+
+    def penalty(self) -> Tensor:
+        """Σ_i ρ_i/2 ||W_i − Z_i + U_i||²_F (differentiable in W only)."""
+        rho = self.rho
+        total = torch.zeros(())
+        for n, w in self.weights.items():
+            total = total + rho[n] / 2 * (w - self.anchor[n]).pow(2).sum()
+        return total
+
+    def _update(self, train_loss: float | None) -> dict[str, Any]:
+        rho_old = self.rho
+        layers = {}
+        for n, c in self.constraints.items():
+            w = self.weights[n].detach()
+            z_old = self.Z[n]
+            z = c.project(w + self.U[n])
+            self.U[n].add_(w - z)
+            layers[n] = {
+                "residual": _rel(w - z, w),
+                "rho": rho_old[n],
+                "dual_residual": float((z - z_old).norm()) * rho_old[n],
+            }
+            self.Z[n] = z
+        rho_new = self.rho_at(self.updates + 1)
+        for n in self.constraints:
+            if rho_new[n] != rho_old[n]:
+                self.U[n].mul_(rho_old[n] / rho_new[n])
+        self._refresh_anchor(rho_new)
+        return {"rho": _mean(rho_new), "layers": layers}
+
+    def _tensors(self) -> dict[str, dict[str, Tensor]]:
+        return {**super()._tensors(), "U": self.U}
+
+
+def _mean(values: Mapping[str, float]) -> float:
+    return sum(values.values()) / max(len(values), 1)

@@ -1,0 +1,285 @@
+"""The protocol every solver follows, and what all of them share.
+
+A solver never owns the training loop (docs/design.md). Any loop calls
+
+    loss = f(W) [+ solver.penalty()]        # either the penalty in the loss ...
+    loss.backward(); [solver.regularize()]  # ... or its gradient added to .grad
+    optimizer.step(); solver.step(loss)     # after every batch
+    solver.update(train_loss)               # after every epoch
+
+and, at the end, ``masks = solver.hard_prune()``. ``step`` and ``update`` count
+batches and epochs; the solver performs its Z/dual step when its cadence says
+so (every ``update_every`` epochs, or every ``update_every_batches`` batches).
+Each Z/dual step appends a plain dict to :attr:`Solver.history` (per-layer
+||W−Z||_F/||W||_F, ρ and, for SLR, s^k and the surrogate conditions).
+
+``state_dict()`` holds every tensor and counter, so a run stopped after any
+epoch resumes with the same masks.
+"""
+
+from __future__ import annotations
+
+import abc
+import copy
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from dualprune.constraints import Constraint
+from dualprune.errors import CheckpointError, ConfigError, PlanError
+from dualprune.masks import Masks
+from dualprune.plan import Plan, prunable_layers
+
+__all__ = ["Solver", "resolve_constraints"]
+
+
+def resolve_constraints(
+    model: nn.Module, plan: Plan | Mapping[str, Constraint]
+) -> dict[str, Constraint]:
+    """``{layer name: constraint}`` from a Plan, or a checked mapping of layer names.
+
+    Raises:
+        PlanError: the plan constrains no layer, or a name is not a prunable layer.
+    """
+    if isinstance(plan, Plan):
+        constraints = plan.resolve(model)
+    elif isinstance(plan, Mapping):
+        layers = prunable_layers(model)
+        constraints = {}
+        for name, c in plan.items():
+            if name not in layers:
+                raise PlanError(
+                    f"layer '{name}' is not a prunable (Conv1d/Conv2d/Linear) layer of the "
+                    f"model; prunable: {', '.join(layers)}"
+                )
+            if not isinstance(c, Constraint):
+                raise PlanError(f"layer '{name}': {c!r} is not a Constraint")
+            c.check(layers[name].weight, f"{name}.weight")
+            constraints[name] = c
+    else:
+        raise PlanError(f"plan must be a Plan or a dict of layer -> Constraint, got {plan!r}")
+    if not constraints:
+        raise PlanError("the plan constrains no layer; give it at least one pattern or a default")
+    return constraints
+
+
+def _positive_int(value: object, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{key}={value!r} is not allowed; use an int >= 1")
+    return value
+
+
+class Solver(abc.ABC):
+    """Base class: layers, cadence, bookkeeping, hard prune and state.
+
+    Args:
+        model: The network; only its constrained weights are touched.
+        plan: A :class:`~dualprune.Plan` or ``{layer name: Constraint}``.
+        update_every: Z/dual step every this many epochs (calls of :meth:`update`).
+        update_every_batches: If given, a Z/dual step every this many batches
+            (calls of :meth:`step`) instead, and :meth:`update` only counts epochs.
+
+    Raises:
+        PlanError, ConstraintError: the plan does not fit the model.
+        ConfigError: a bad cadence.
+    """
+
+    name: str = "solver"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        plan: Plan | Mapping[str, Constraint],
+        *,
+        update_every: int = 1,
+        update_every_batches: int | None = None,
+    ) -> None:
+        self.model = model
+        self.constraints = resolve_constraints(model, plan)
+        modules = dict(model.named_modules())
+        self.modules: dict[str, nn.Module] = {n: modules[n] for n in self.constraints}
+        self.update_every = _positive_int(update_every, "update_every")
+        self.update_every_batches = (
+            None
+            if update_every_batches is None
+            else _positive_int(update_every_batches, "update_every_batches")
+        )
+        self.epochs = 0  # calls of update()
+        self.batches = 0  # calls of step()
+        self.updates = 0  # Z/dual steps done
+        self.history: list[dict[str, Any]] = []
+        self._loss_sum = 0.0
+        self._loss_n = 0
+        self._first_loss: float | None = None
+
+    # ---- what subclasses provide --------------------------------------------------------
+
+    @abc.abstractmethod
+    def _update(self, train_loss: float | None) -> dict[str, Any]:
+        """One Z/dual step; return its diagnostics (plain data)."""
+
+    def penalty(self) -> Tensor:
+        """The term to add to the loss (0 for solvers without one); graph through W only."""
+        return torch.zeros(())
+
+    def regularize(self) -> None:  # noqa: B027 (no penalty by default)
+        """Add the penalty's gradient to each W's ``.grad`` (call after ``backward()``)."""
+
+    # ---- the hooks a loop calls ---------------------------------------------------------
+
+    @property
+    def weights(self) -> dict[str, nn.Parameter]:
+        """The constrained weights W_i by layer name."""
+        return {n: m.weight for n, m in self.modules.items()}  # type: ignore[misc]
+
+    def step(self, loss: Tensor | float | None = None) -> dict[str, Any] | None:
+        """Call after every optimizer step; returns the update record if one ran now."""
+        self.batches += 1
+        if loss is not None:
+            value = float(loss.detach()) if isinstance(loss, Tensor) else float(loss)
+            if self._first_loss is None:
+                self._first_loss = value
+            self._loss_sum += value
+            self._loss_n += 1
+        if self.update_every_batches and self.batches % self.update_every_batches == 0:
+            return self._run_update(None)
+        return None
+
+    def update(self, train_loss: float | None = None) -> dict[str, Any] | None:
+        """Call after every epoch; runs the Z/dual step when the cadence says so.
+
+        Args:
+            train_loss: mean training loss f(W) of the epoch (default: the mean of the
+                losses passed to :meth:`step` since the last update).
+
+        Returns:
+            The update's diagnostics, or None if no update was due.
+        """
+        self.epochs += 1
+        if self.update_every_batches is None and self.epochs % self.update_every == 0:
+            return self._run_update(train_loss)
+        return None
+
+    def _run_update(self, train_loss: float | None) -> dict[str, Any]:
+        if train_loss is None and self._loss_n:
+            train_loss = self._loss_sum / self._loss_n
+        with torch.no_grad():
+            record = self._update(train_loss)
+        self.updates += 1
+        record = {"update": self.updates, "epoch": self.epochs, "batch": self.batches, **record}
+        if train_loss is not None:
+            record["train_loss"] = train_loss
+        self.history.append(record)
+        self._loss_sum, self._loss_n = 0.0, 0
+        return record
+
+    @property
+    def diagnostics(self) -> dict[str, Any]:
+        """The last update's record (empty before the first update)."""
+        return self.history[-1] if self.history else {}
+
+    # ---- the end ------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def hard_prune(self) -> Masks:
+        """W_i ← Π_{S_i}(W_i) in place for every constrained layer; return the fixed masks.
+
+        The masks (support and, for quantized layers, levels and scales) are taken
+        from the weights before the projection, with the same rule the projection
+        uses, so ``masks.apply(model)`` leaves the pruned model unchanged.
+        """
+        constraints = self._final_constraints()
+        masks = Masks.from_constraints(self.model, constraints)
+        for name, c in constraints.items():
+            w = self.modules[name].weight
+            w.copy_(c.project(w.detach()))  # type: ignore[operator]
+        return masks
+
+    def _final_constraints(self) -> dict[str, Constraint]:
+        return self.constraints
+
+    @torch.no_grad()
+    def residuals(self) -> dict[str, float]:
+        """||W_i − Π_{S_i}(W_i)||_F / ||W_i||_F per layer: how far W is from its set now."""
+        out = {}
+        for name, c in self._final_constraints().items():
+            w = self.modules[name].weight.detach()
+            out[name] = _rel(w - c.project(w), w)
+        return out
+
+    # ---- state --------------------------------------------------------------------------
+
+    def _tensors(self) -> dict[str, dict[str, Tensor]]:
+        """Named per-layer tensors of the solver state (subclasses add theirs)."""
+        return {}
+
+    def _extra_state(self) -> dict[str, Any]:
+        return {}
+
+    def _load_extra_state(self, state: Mapping[str, Any]) -> None:
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        """Every tensor and counter of the solver (tensors cloned; safe for ``torch.save``)."""
+        return {
+            "solver": self.name,
+            "layers": list(self.constraints),
+            "counters": {
+                "epochs": self.epochs,
+                "batches": self.batches,
+                "updates": self.updates,
+                "loss_sum": self._loss_sum,
+                "loss_n": self._loss_n,
+                "first_loss": self._first_loss,
+            },
+            "history": copy.deepcopy(self.history),
+            "tensors": {
+                kind: {n: t.detach().clone() for n, t in per_layer.items()}
+                for kind, per_layer in self._tensors().items()
+            },
+            "extra": copy.deepcopy(self._extra_state()),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a :meth:`state_dict` taken from the same solver kind on the same plan.
+
+        Raises:
+            CheckpointError: another solver kind, other layers, or other shapes.
+        """
+        if state.get("solver") != self.name:
+            raise CheckpointError(
+                f"solver state is from '{state.get('solver')}', not '{self.name}'; "
+                "resume with the same solver"
+            )
+        if list(state.get("layers", [])) != list(self.constraints):
+            raise CheckpointError(
+                f"solver state covers layers {state.get('layers')}, this plan covers "
+                f"{list(self.constraints)}; resume with the same plan"
+            )
+        mine = self._tensors()
+        for kind, per_layer in state["tensors"].items():
+            if kind not in mine:
+                raise CheckpointError(f"solver state has unknown tensors '{kind}'")
+            for n, t in per_layer.items():
+                if t.shape != mine[kind][n].shape:
+                    raise CheckpointError(
+                        f"solver state '{kind}' of layer '{n}' has shape {tuple(t.shape)}, "
+                        f"the model's is {tuple(mine[kind][n].shape)}"
+                    )
+                mine[kind][n].copy_(t)
+        c = state["counters"]
+        self.epochs, self.batches, self.updates = c["epochs"], c["batches"], c["updates"]
+        self._loss_sum, self._loss_n, self._first_loss = c["loss_sum"], c["loss_n"], c["first_loss"]
+        self.history = copy.deepcopy(list(state["history"]))
+        self._load_extra_state(state.get("extra", {}))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({len(self.constraints)} layers, {self.updates} updates)"
+
+
+def _rel(diff: Tensor, ref: Tensor) -> float:
+    """||diff||_F / ||ref||_F (0 when both vanish)."""
+    num, den = float(diff.norm()), float(ref.norm())
+    return num / den if den > 0 else (0.0 if num == 0 else float("inf"))

@@ -1,0 +1,151 @@
+"""Magnitude pruning baselines through the solver protocol.
+
+No penalty: at each update t the weights are projected onto the plan's sets
+with the scheduled ratio r_t (largest magnitudes / group norms kept), and the
+pruned entries stay at zero until the next update (their gradients are zeroed
+by :meth:`Magnitude.regularize`, and :meth:`Magnitude.step` re-zeroes them
+after the optimizer step, so momentum cannot revive them).
+
+Schedules of the ratio r_t, t = 1 … ``steps`` updates after ``start``:
+
+- ``oneshot``: train dense, prune once at :meth:`hard_prune` (r_t = 0 before).
+- ``iterative``: r_t = r · t/steps, a linear ramp (prune a little, train, repeat).
+- ``agp``: r_t = r · (1 − (1 − t/steps)³), automated gradual pruning
+  (Zhu & Gupta 2017): fast at first, gently at the end.
+
+Quantization parts of a constraint are applied at :meth:`hard_prune` only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from dualprune.constraints import Constraint, Intersection
+from dualprune.errors import ConfigError, ConstraintError
+from dualprune.plan import Plan
+from dualprune.solvers.base import Solver
+
+__all__ = ["SCHEDULES", "Magnitude", "ratio_at"]
+
+SCHEDULES = ("oneshot", "iterative", "agp")
+
+
+def ratio_at(schedule: str, target: float, t: int, steps: int) -> float:
+    """The scheduled pruning ratio after t of ``steps`` pruning updates (t ≥ 0)."""
+    frac = min(max(t, 0), steps) / steps
+    if schedule == "oneshot":
+        return 0.0
+    if schedule == "iterative":
+        return target * frac
+    return target * (1.0 - (1.0 - frac) ** 3)
+
+
+def _sparse_ratio(c: Constraint) -> float | None:
+    try:
+        return float(c.ratio)  # type: ignore[attr-defined]
+    except (AttributeError, ConstraintError):  # quantization only, or several sparsity parts
+        return None
+
+
+class Magnitude(Solver):
+    """Magnitude pruning (one-shot, iterative, or AGP) with the same hooks as ADMM/SLR.
+
+    Args:
+        model: The network.
+        plan: A :class:`~dualprune.Plan` or ``{layer name: Constraint}``.
+        schedule: ``"oneshot"``, ``"iterative"`` or ``"agp"``.
+        steps: number of pruning updates over which the ratio reaches its target.
+        start: updates to wait before the first pruning update.
+        update_every, update_every_batches: the cadence of updates (as in :class:`Solver`).
+
+    Raises:
+        ConfigError: an unknown schedule; steps < 1; start < 0.
+    """
+
+    name = "magnitude"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        plan: Plan | Mapping[str, Constraint],
+        *,
+        schedule: str = "agp",
+        steps: int = 10,
+        start: int = 0,
+        update_every: int = 1,
+        update_every_batches: int | None = None,
+    ) -> None:
+        if schedule not in SCHEDULES:
+            raise ConfigError(
+                f"schedule={schedule!r} is not allowed; use one of {', '.join(SCHEDULES)}"
+            )
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ConfigError(f"steps={steps!r} is not allowed; use an int >= 1")
+        if isinstance(start, bool) or not isinstance(start, int) or start < 0:
+            raise ConfigError(f"start={start!r} is not allowed; use an int >= 0")
+        super().__init__(
+            model, plan, update_every=update_every, update_every_batches=update_every_batches
+        )
+        self.schedule, self.steps, self.start = schedule, steps, start
+        self.targets = {n: _sparse_ratio(c) for n, c in self.constraints.items()}
+        self.keep: dict[str, torch.Tensor] = {
+            n: torch.ones_like(w, dtype=torch.bool) for n, w in self.weights.items()
+        }
+
+    def ratio(self, k: int | None = None) -> float:
+        """The schedule's fraction of the target ratio after k updates (default: now)."""
+        k = self.updates if k is None else k
+        return ratio_at(self.schedule, 1.0, k - self.start, self.steps)
+
+    def _scheduled(self, name: str, fraction: float) -> Constraint | None:
+        c, target = self.constraints[name], self.targets[name]
+        if target is None or fraction <= 0:
+            return None
+        sparsity = c.with_ratio(target * fraction)  # type: ignore[attr-defined]
+        supports = getattr(sparsity, "supports", None)
+        if supports is not None:  # an intersection: only its sparsity parts now
+            return Intersection(*supports) if len(supports) > 1 else supports[0]
+        return sparsity
+
+    def _update(self, train_loss: float | None) -> dict[str, Any]:
+        fraction = self.ratio(self.updates + 1)
+        layers = {}
+        for n in self.constraints:
+            c = self._scheduled(n, fraction)
+            w = self.weights[n]
+            if c is not None:
+                self.keep[n] = c.mask(w.detach())
+                w.mul_(self.keep[n])
+            kept = int(self.keep[n].sum())
+            layers[n] = {"sparsity": 1.0 - kept / self.keep[n].numel()}
+        return {"fraction_of_target": fraction, "layers": layers}
+
+    def regularize(self) -> None:
+        """Zero the gradients of pruned entries (call after ``backward()``)."""
+        for n, w in self.weights.items():
+            if w.grad is not None:
+                w.grad.mul_(self.keep[n])
+
+    def step(self, loss: torch.Tensor | float | None = None) -> dict[str, Any] | None:
+        """Re-zero pruned entries after the optimizer step, then count the batch."""
+        with torch.no_grad():
+            for n, w in self.weights.items():
+                w.mul_(self.keep[n])
+        return super().step(loss)
+
+    def _tensors(self) -> dict[str, dict[str, torch.Tensor]]:
+        return {"keep": self.keep}
+
+    def settings(self) -> dict[str, Any]:
+        """The solver's settings as plain data (for reports and logs)."""
+        return {
+            "schedule": self.schedule,
+            "steps": self.steps,
+            "start": self.start,
+            "update_every": self.update_every,
+            "update_every_batches": self.update_every_batches,
+        }

@@ -1,0 +1,202 @@
+"""What ADMM and SLR share: an auxiliary Z_i ∈ S_i per layer and a quadratic penalty.
+
+Both W-step penalties have the gradient ρ_i (W_i − A_i) for an *anchor* A_i
+that only changes at Z/dual steps (docs/algorithms.md §1, §2):
+
+    ADMM:  ρ_i/2 ||W_i − Z_i + U_i||²            A_i = Z_i − U_i
+    SLR:   ⟨Λ_i, W_i − Z_i⟩ + ρ_i/2 ||W_i − Z_i||²  A_i = Z_i − Λ_i/ρ_i
+
+so :meth:`PenaltySolver.regularize` adds ρ_i (W_i − A_i) to every ``.grad``
+with three fused ``torch._foreach_*`` calls and no autograd graph. Z, U, Λ and
+A are plain tensors that never require grad.
+
+ρ follows a schedule counted in updates k (:class:`RhoSchedule`): constant,
+geometric growth ρ·γ^k, or a warm-up from a small ρ, each optionally capped.
+Per-layer ρ is a mapping of layer-name patterns (globs, or ``re:`` regexes;
+first match wins) to values.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from dualprune.constraints import Constraint
+from dualprune.errors import ConfigError
+from dualprune.plan import Plan
+from dualprune.solvers.base import Solver
+
+__all__ = ["PenaltySolver", "RhoSchedule", "layer_values"]
+
+
+@dataclass(frozen=True)
+class RhoSchedule:
+    """ρ_i(k) = min(ρ_max, ρ_i · factor(k)) after k updates.
+
+    factor(k) = warmup_from^(1 − k/warmup) during the first ``warmup`` updates
+    (a geometric ramp from ρ·warmup_from up to ρ), then growth^(k − warmup).
+
+    Args:
+        growth: γ ≥ 1, the factor per update after warm-up (1 = constant ρ;
+            1.3 per update as in the NEU ADMM code).
+        warmup: number of updates of the ramp (0 = none).
+        warmup_from: the ramp's starting fraction of ρ, in (0, 1].
+        max: cap on every layer's ρ (None = no cap).
+    """
+
+    growth: float = 1.0
+    warmup: int = 0
+    warmup_from: float = 0.01
+    max: float | None = None
+
+    def __post_init__(self) -> None:
+        if not self.growth >= 1.0:
+            raise ConfigError(f"rho_growth={self.growth!r} is not allowed; use a float >= 1")
+        if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or self.warmup < 0:
+            raise ConfigError(f"rho_warmup={self.warmup!r} is not allowed; use an int >= 0")
+        if not 0 < self.warmup_from <= 1:
+            raise ConfigError(
+                f"rho_warmup_from={self.warmup_from!r} is not allowed; use a fraction in (0, 1]"
+            )
+        if self.max is not None and not self.max > 0:
+            raise ConfigError(f"rho_max={self.max!r} is not allowed; use a float > 0 or None")
+
+    def factor(self, k: int) -> float:
+        """The multiplier of the base ρ after k updates."""
+        if k < self.warmup:
+            return float(self.warmup_from ** (1.0 - k / self.warmup))
+        return float(self.growth ** (k - self.warmup))
+
+    def value(self, base: float, k: int) -> float:
+        """ρ after k updates for a layer whose base ρ is ``base``."""
+        rho = base * self.factor(k)
+        return min(rho, self.max) if self.max is not None else rho
+
+
+def layer_values(
+    value: float | Mapping[str, float], layers: list[str], key: str
+) -> dict[str, float]:
+    """One positive float per layer from a float or ``{pattern: float}`` (first match wins).
+
+    Raises:
+        ConfigError: a value is not positive, a pattern matches no layer, or a
+            layer matches no pattern (add ``"*"`` as the last pattern).
+    """
+
+    def positive(v: object, where: str) -> float:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+            raise ConfigError(f"{where}={v!r} is not allowed; use a float > 0")
+        return float(v)
+
+    if not isinstance(value, Mapping):
+        v = positive(value, key)
+        return dict.fromkeys(layers, v)
+    rules = []
+    for pattern, v in value.items():
+        text = str(pattern)
+        if text.startswith("re:"):
+            try:
+                rx = re.compile(text[3:])
+            except re.error as err:
+                raise ConfigError(f"{key} pattern '{text}' is not a valid regex ({err})") from None
+            rules.append((text, rx.fullmatch, positive(v, f"{key}['{text}']")))
+        else:
+            rules.append(
+                (text, lambda n, t=text: fnmatch.fnmatchcase(n, t), positive(v, f"{key}['{text}']"))
+            )
+    out: dict[str, float] = {}
+    for name in layers:
+        for _, match, v in rules:
+            if match(name):
+                out[name] = v
+                break
+        else:
+            raise ConfigError(
+                f"{key}: layer '{name}' matches no pattern ({', '.join(t for t, _, _ in rules)}); "
+                "add '*' as the last pattern for a default"
+            )
+    for text, match, _ in rules:
+        if not any(match(n) for n in layers):
+            raise ConfigError(
+                f"{key} pattern '{text}' matches no constrained layer; "
+                f"constrained: {', '.join(layers)}"
+            )
+    return out
+
+
+class PenaltySolver(Solver):
+    """Shared machinery of ADMM and SLR (see the module docstring).
+
+    Args:
+        model, plan, update_every, update_every_batches: as in :class:`Solver`.
+        rho: ρ, one float or ``{layer pattern: float}``.
+        rho_growth, rho_warmup, rho_warmup_from, rho_max: the :class:`RhoSchedule`.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        plan: Plan | Mapping[str, Constraint],
+        *,
+        rho: float | Mapping[str, float],
+        rho_growth: float = 1.0,
+        rho_warmup: int = 0,
+        rho_warmup_from: float = 0.01,
+        rho_max: float | None = None,
+        update_every: int = 1,
+        update_every_batches: int | None = None,
+    ) -> None:
+        super().__init__(
+            model, plan, update_every=update_every, update_every_batches=update_every_batches
+        )
+        self.schedule = RhoSchedule(rho_growth, rho_warmup, rho_warmup_from, rho_max)
+        self.rho_base = layer_values(rho, list(self.constraints), "rho")
+        with torch.no_grad():
+            # Z⁰ = Π_S(W⁰): copies, never views of W
+            self.Z = {
+                n: c.project(self.weights[n].detach()).clone() for n, c in self.constraints.items()
+            }
+        self.anchor = {n: z.clone() for n, z in self.Z.items()}
+
+    @property
+    def rho(self) -> dict[str, float]:
+        """The current ρ_i of every layer."""
+        return self.rho_at(self.updates)
+
+    def rho_at(self, k: int) -> dict[str, float]:
+        """ρ_i of every layer after k updates."""
+        return {n: self.schedule.value(b, k) for n, b in self.rho_base.items()}
+
+    def regularize(self) -> None:
+        """``W.grad += ρ_i (W_i − A_i)`` for every layer: the penalty's exact gradient."""
+        names = list(self.constraints)
+        ws = [self.weights[n] for n in names]
+        for w in ws:
+            if w.grad is None:
+                w.grad = torch.zeros_like(w)
+        rho = self.rho
+        diffs = torch._foreach_sub([w.detach() for w in ws], [self.anchor[n] for n in names])
+        torch._foreach_mul_(diffs, [rho[n] for n in names])
+        torch._foreach_add_([w.grad for w in ws], diffs)  # type: ignore[misc]
+
+    def _refresh_anchor(self, rho: Mapping[str, float]) -> None:
+        """Recompute A_i for the given ρ_i after a Z/dual step."""
+        raise NotImplementedError
+
+    def _tensors(self) -> dict[str, dict[str, Tensor]]:
+        return {"Z": self.Z, "anchor": self.anchor}
+
+    def settings(self) -> dict[str, Any]:
+        """The solver's settings as plain data (for reports and logs)."""
+        return {
+            "rho": self.rho_base,
+            **{f"rho_{k}": v for k, v in asdict(self.schedule).items()},
+            "update_every": self.update_every,
+            "update_every_batches": self.update_every_batches,
+        }

@@ -226,6 +226,7 @@ class Solver(abc.ABC):
         return {
             "solver": self.name,
             "layers": list(self.constraints),
+            "constraints": {n: c.to_dict() for n, c in self.constraints.items()},
             "counters": {
                 "epochs": self.epochs,
                 "batches": self.batches,
@@ -246,7 +247,7 @@ class Solver(abc.ABC):
         """Restore a :meth:`state_dict` taken from the same solver kind on the same plan.
 
         Raises:
-            CheckpointError: another solver kind, other layers, or other shapes.
+            CheckpointError: another solver kind, other layers or constraints, or other shapes.
         """
         if state.get("solver") != self.name:
             raise CheckpointError(
@@ -258,6 +259,12 @@ class Solver(abc.ABC):
                 f"solver state covers layers {state.get('layers')}, this plan covers "
                 f"{list(self.constraints)}; resume with the same plan"
             )
+        for n, spec in state.get("constraints", {}).items():
+            if spec != self.constraints[n].to_dict():
+                raise CheckpointError(
+                    f"solver state constrains layer '{n}' with {spec}, this plan with "
+                    f"{self.constraints[n].to_dict()}; resume with the same plan"
+                )
         mine = self._tensors()
         for kind, per_layer in state["tensors"].items():
             if kind not in mine:

@@ -19,6 +19,7 @@ first match wins) to values.
 from __future__ import annotations
 
 import fnmatch
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -71,7 +72,10 @@ class RhoSchedule:
         """The multiplier of the base ρ after k updates."""
         if k < self.warmup:
             return float(self.warmup_from ** (1.0 - k / self.warmup))
-        return float(self.growth ** (k - self.warmup))
+        try:
+            return float(self.growth ** (k - self.warmup))
+        except OverflowError:  # γ^k past the float range (thousands of updates): max caps it
+            return math.inf
 
     def value(self, base: float, k: int) -> float:
         """ρ after k updates for a layer whose base ρ is ``base``."""

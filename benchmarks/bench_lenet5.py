@@ -1,0 +1,147 @@
+"""LeNet-5 / MNIST reproductions through the pipeline (``dualprune run``).
+
+Experiments (all start from ONE pretrained LeNet-5, trained by the first):
+
+- ``eccv-admm`` / ``eccv-slr``: the ECCV'18 per-layer ratios (80/92/99.1/93% →
+  71.2×) with the recipes lenet5-mnist-admm.yaml / lenet5-mnist-slr.yaml.
+  Target: ≥ 99.2% after retraining.
+- ``push``: progressive rounds, each starting from the previous round's final
+  model: round 1 = eccv-slr's result, round 2 → ~200×, round 3 → ~300×.
+  Target: ≥ 200× at ≥ 99.2%.
+- ``joint``: prune + quantize from the last push round (ADMM-NN's joint
+  compression). Target: ≥ 1,000× smaller storage of the prunable weights,
+  indices counted.
+
+Every run is a normal run directory under runs/bench-lenet5/ (report.md
+inside); a summary goes to benchmarks/results/lenet5.json and rows to
+benchmarks/results/README.md.
+
+Usage:
+    python benchmarks/bench_lenet5.py --data-dir ../shared/data [--only eccv-slr,push]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from common import RESULTS, cpu_model, replace_rows  # benchmarks/common.py
+
+from dualprune.pipeline import load_recipe, run
+
+ROW_TAG = "LeNet-5:"
+OUT = Path("runs/bench-lenet5")
+
+
+def sparsity(conv1: float, conv2: float, fc1: float, fc2: float) -> dict[str, Any]:
+    """A plan with per-layer irregular ratios."""
+    ratios = {"conv1": conv1, "conv2": conv2, "fc1": fc1, "fc2": fc2}
+    return {"layers": {k: {"type": "sparsity", "ratio": v} for k, v in ratios.items()}}
+
+
+def joint(plan: dict[str, Any], bits: dict[str, Any]) -> dict[str, Any]:
+    """The same sparsity with a quantization per layer (an intersection)."""
+    layers = {k: [v, {"type": "quantization", **bits[k]}] for k, v in plan["layers"].items()}
+    return {"layers": layers}
+
+
+ROUND2 = sparsity(0.82, 0.962, 0.9976, 0.97)  # 2,125 nonzeros: 202.6×
+ROUND3 = sparsity(0.84, 0.974, 0.99845, 0.98)  # 1,430 nonzeros: 301×
+BITS = {
+    "conv1": {"bits": 3},
+    "conv2": {"levels": "ternary"},
+    "fc1": {"levels": "ternary"},
+    "fc2": {"levels": "ternary"},
+}
+
+
+def go(name: str, recipe: str, settings: dict[str, Any], data_dir: str) -> dict[str, Any]:
+    """Run one recipe with settings; return its summary."""
+    t0 = time.perf_counter()
+    r = load_recipe(recipe, {**settings, "out": str(OUT / name), "data_dir": data_dir})
+    result = run(r, progress=False)
+    report = json.loads((result.out / "report.json").read_text())
+    return {
+        "name": name,
+        "recipe": recipe,
+        "settings": settings,
+        "stages": result.stages,
+        "totals": report["totals"],
+        "wall_s": time.perf_counter() - t0,
+        "out": str(result.out),
+    }
+
+
+def main() -> None:
+    """Run the experiments and write the results."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--only", default="eccv-admm,eccv-slr,push,joint")
+    p.add_argument("--round-epochs", type=int, default=8, help="compress and retrain per round")
+    args = p.parse_args()
+    wanted = args.only.split(",")
+    pretrained = OUT / "pretrain"
+    results: list[dict[str, Any]] = []
+    if not (pretrained / "model.safetensors").exists():
+        go("pretrain", "lenet5-mnist", {"pretrain.epochs": 10}, args.data_dir)
+    base = {"pretrained": str(pretrained / "model.safetensors"), "pretrain": None}
+    for m in ("admm", "slr"):
+        if f"eccv-{m}" in wanted:
+            results.append(go(f"eccv-{m}", f"lenet5-mnist-{m}", base, args.data_dir))
+    last = OUT / "eccv-slr" / "model.safetensors"
+    e = args.round_epochs
+    rounds = {"compress.epochs": e, "retrain.epochs": e}
+    if "push" in wanted:
+        for i, plan in ((2, ROUND2), (3, ROUND3)):
+            settings = {**rounds, "pretrained": str(last), "pretrain": None, "plan": plan}
+            results.append(go(f"push-round{i}", "lenet5-mnist-slr", settings, args.data_dir))
+            last = OUT / f"push-round{i}" / "model.safetensors"
+    if "joint" in wanted:
+        last = OUT / "push-round3" / "model.safetensors"
+        settings = {
+            **rounds,
+            "pretrained": str(last),
+            "pretrain": None,
+            "plan": joint(ROUND3, BITS),
+        }
+        results.append(go("joint", "lenet5-mnist-joint", settings, args.data_dir))
+
+    command = "python " + shlex.join(sys.argv)
+    meta = {
+        "command": command,
+        "date": dt.datetime.now().isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+        "cpu": cpu_model(),
+        "threads": torch.get_num_threads(),
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / "lenet5.json"
+    old = json.loads(path.read_text())["results"] if path.exists() else []
+    names = {r["name"] for r in results}
+    merged = [r for r in old if r["name"] not in names] + results
+    path.write_text(json.dumps({**meta, "results": merged}, indent=1))
+    rows = []
+    for r in merged:
+        t, s = r["totals"], r["stages"]
+        start = s.get("pretrained", s.get("pretrain", {})).get("test_acc", float("nan"))
+        rows.append(
+            f"| {ROW_TAG} {r['name']} | recipe {r['recipe']} + {json.dumps(r['settings'])} | "
+            f"{t['compression_prunable']:.1f}× fewer weights, storage {t['storage_ratio']:.0f}× "
+            f"(indices counted); acc {100 * start:.2f}% → hard prune "
+            f"{100 * s['hard_prune']['test_acc']:.2f}% → final {100 * s['final']['test_acc']:.2f}%"
+            f" | ≥ 99.2% | `{command}` |"
+        )
+    replace_rows(ROW_TAG, rows)
+    for r in results:
+        print(r["name"], r["totals"]["compression_prunable"], r["stages"]["final"])
+
+
+if __name__ == "__main__":
+    main()

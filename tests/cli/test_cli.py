@@ -45,9 +45,11 @@ def trained(tmp_path_factory, data_root):
 
 def test_train_writes_a_complete_run(trained, capsys):
     names = {p.name for p in trained.iterdir()}
+    assert {"checkpoint.pt", "metrics.jsonl", "done.json"} <= {
+        p.name for p in (trained / "pretrain").iterdir()
+    }
     assert {
-        "checkpoint.pt",
-        "metrics.jsonl",
+        "pretrain",
         "model.safetensors",
         "recipe.yaml",
         "report.md",
@@ -62,14 +64,25 @@ def test_train_writes_a_complete_run(trained, capsys):
 def test_eval_reports_accuracy(trained, capsys, data_root):
     assert main(["eval", str(trained), "--data-dir", str(data_root)]) == 0
     out = capsys.readouterr().out
-    assert "lenet5 (epoch 1) on mnist test: accuracy" in out and "conv1" in out
+    assert "lenet5 (final) on mnist test: accuracy" in out and "conv1" in out
+    assert main(["eval", str(trained / "pretrain"), "--data-dir", str(data_root)]) == 0
+    assert "lenet5 (epoch 1) on mnist test" in capsys.readouterr().out
 
 
 def test_run_default_recipe_with_overrides(tmp_path, capsys, data_root):
-    code = main(["run", "--out", str(tmp_path), "--data-dir", str(data_root), *QUICK])
+    tiny = [
+        f"{stage}.{key}={value}"
+        for stage in ("pretrain", "compress", "retrain")
+        for key, value in (("epochs", 1), ("train_samples", 512), ("test_samples", 300))
+    ]
+    sets = [arg for t in tiny for arg in ("--set", t)]
+    code = main(
+        ["run", "--out", str(tmp_path), "--data-dir", str(data_root), "--no-progress", *sets]
+    )
     assert code == 0
     out = capsys.readouterr().out
     assert "fc1" in out and f"report: {tmp_path / 'report.md'}" in out
+    assert "hard prune (retrain-free)  test accuracy" in out
 
 
 def test_resume_of_a_finished_run_only_reports(trained, capsys, data_root):
@@ -89,7 +102,7 @@ def test_resume_of_a_finished_run_only_reports(trained, capsys, data_root):
         ]
     )
     assert code == 0
-    assert "epoch   1/1" not in capsys.readouterr().err
+    assert "epoch   1/1" not in capsys.readouterr().out
 
 
 def test_models_lists_the_zoo(capsys):
@@ -99,7 +112,7 @@ def test_models_lists_the_zoo(capsys):
 
 
 def test_help_everywhere(capsys):
-    for cmd in ([], ["train"], ["eval"], ["run"], ["models"], ["datasets"]):
+    for cmd in ([], ["train"], ["eval"], ["run"], ["report"], ["models"], ["datasets"]):
         assert main([*cmd, "--help"]) == 0
         assert "usage: dualprune" in capsys.readouterr().out
 
@@ -167,7 +180,7 @@ def test_checkpoint_of_another_model(capsys, trained, data_root):
 
 
 def test_corrupt_and_truncated_checkpoints(capsys, trained, tmp_path, data_root):
-    blob = (trained / "checkpoint.pt").read_bytes()
+    blob = (trained / "pretrain" / "checkpoint.pt").read_bytes()
     (tmp_path / "cut.pt").write_bytes(blob[: len(blob) // 3])
     (tmp_path / "junk.pt").write_bytes(b"\x00" * 100)
     for name in ("cut.pt", "junk.pt"):
@@ -194,9 +207,9 @@ def test_model_that_cannot_take_the_images(capsys, data_root):
 
 def test_bad_recipe_key(capsys, tmp_path):
     recipe = tmp_path / "r.yaml"
-    recipe.write_text("model: lenet5\ndataset: mnist\ntrain: {epochs: 2, lrate: 0.1}\n")
+    recipe.write_text("model: lenet5\ndataset: mnist\npretrain: {epochs: 2, lrate: 0.1}\n")
     err = _error(capsys, ["run", str(recipe)])
-    assert "train.lrate: unknown key" in err
+    assert "pretrain.lrate: unknown key" in err
 
 
 def test_console_script_exit_code_and_no_traceback():

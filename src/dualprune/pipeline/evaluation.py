@@ -47,7 +47,7 @@ def evaluate_checkpoint(
         model, info = load_run_model(p)
         name, saved_dataset, where = info["model"], info["dataset"], "final"
         if model_name is not None and model_name != name:
-            raise CheckpointError(f"run '{p}' holds model '{name}', not '{model_name}'")
+            raise CheckpointError(f"run '{p}' was saved from model '{name}', not '{model_name}'")
         _, test_loader, ds = data.loaders(
             dataset or saved_dataset, batch_size, root=data_dir, eval_batch_size=batch_size
         )

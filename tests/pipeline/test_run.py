@@ -58,7 +58,9 @@ def test_run_writes_every_stage_and_the_report(finished):
         "report.json",
     ):
         assert (out / name).exists(), name
-    updates = [json.loads(line) for line in (out / "compress/updates.jsonl").read_text().splitlines()]
+    updates = [
+        json.loads(line) for line in (out / "compress/updates.jsonl").read_text().splitlines()
+    ]
     assert [u["update"] for u in updates] == [1, 2]
     assert {"step_size", "conditions", "layers"} <= set(updates[0])
     report = json.loads((out / "report.json").read_text())

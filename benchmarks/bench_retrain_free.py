@@ -159,7 +159,7 @@ def main() -> None:
                     solver.regularize()
                     opt.step()
                     solver.step(loss.detach())
-                    total, count = total + float(loss) * len(y), count + len(y)
+                    total, count = total + float(loss.detach()) * len(y), count + len(y)
                 solver.update(train_loss=total / count)
                 seconds += time.perf_counter() - t0
                 soft.append(evaluate(model, test_loader)["acc"])

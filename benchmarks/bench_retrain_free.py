@@ -17,7 +17,7 @@ Usage:
     python benchmarks/bench_retrain_free.py --model lenet5 --dataset mnist \\
         --pretrain-epochs 10 --epochs 10 --data-dir ../shared/data
     python benchmarks/bench_retrain_free.py --model resnet20 --dataset cifar10 \\
-        --pretrain-epochs 8 --epochs 4 --train-samples 20000 --data-dir ../shared/data
+        --pretrain-epochs 10 --epochs 4 --train-samples 20000 --data-dir ../shared/data
 """
 
 from __future__ import annotations
@@ -108,10 +108,13 @@ def main() -> None:
     pre_lr = args.lr or (0.1 if cifar else 0.01)
     ds = data.load(args.dataset, root=args.data_dir)
     n = args.train_samples
+    # a fixed random subset: image folders list the training set class by class
+    pick = torch.randperm(len(ds.train_y), generator=torch.Generator().manual_seed(0))[:n]
+    train_x, train_y = (ds.train_x[pick], ds.train_y[pick]) if n else (ds.train_x, ds.train_y)
 
     def train_loader(seed: int) -> data.Loader:
         return data.Loader(
-            ds.train_x[:n], ds.train_y[:n], batch_size=bs, mean=ds.mean, std=ds.std,
+            train_x, train_y, batch_size=bs, mean=ds.mean, std=ds.std,
             shuffle=True, augment=ds.augment, seed=seed,
         )  # fmt: skip
 

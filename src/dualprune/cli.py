@@ -99,13 +99,13 @@ def _train_options(p: argparse.ArgumentParser) -> None:
         "--train-samples",
         type=_positive_int,
         metavar="N",
-        help="train on the first N samples only (quick checks)",
+        help="train on a fixed random subset of N samples (quick checks)",
     )
     add(
         "--test-samples",
         type=_positive_int,
         metavar="N",
-        help="evaluate on the first N test samples only",
+        help="evaluate on a fixed random subset of N test samples",
     )
 
 

@@ -160,9 +160,10 @@ def _train_stage(
         if solver is not None:
             solver.load_state_dict(state["solver"])
         return dict(json.loads(done.read_text()))
+    train_x, train_y = subset(ds.train_x, ds.train_y, cfg.train_samples)
     train_loader = data.Loader(
-        ds.train_x[: cfg.train_samples],
-        ds.train_y[: cfg.train_samples],
+        train_x,
+        train_y,
         batch_size=cfg.batch_size,
         mean=ds.mean,
         std=ds.std,
@@ -194,7 +195,7 @@ def _make_solver(recipe: Recipe, model: nn.Module, ds: data.Dataset) -> solvers.
     options = recipe.solver.options()
     if isinstance(recipe.solver, MagnitudeOptions) and options["steps"] is None:
         cfg = recipe.compress
-        n = len(ds.train_y[: cfg.train_samples])
+        n = min(cfg.train_samples or len(ds.train_y), len(ds.train_y))
         batches = -(-n // cfg.batch_size) * cfg.epochs
         per = recipe.solver.update_every_batches
         options["steps"] = max(
@@ -235,10 +236,23 @@ def _eval(model: nn.Module, loader: data.Loader) -> dict[str, float]:
     return {"test_acc": r["acc"], "test_loss": r["loss"]}
 
 
+def subset(x: torch.Tensor, y: torch.Tensor, n: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A fixed random subset of n samples (all when n is None), the same in every run.
+
+    Random rather than the first n: image folders list their samples class by
+    class, so the first n would hold one or two classes only.
+    """
+    if n is None or n >= len(y):
+        return x, y
+    pick = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))[:n]
+    return x[pick], y[pick]
+
+
 def _test_loader(ds: data.Dataset, cfg: TrainConfig) -> data.Loader:
+    test_x, test_y = subset(ds.test_x, ds.test_y, cfg.test_samples)
     return data.Loader(
-        ds.test_x[: cfg.test_samples],
-        ds.test_y[: cfg.test_samples],
+        test_x,
+        test_y,
         batch_size=cfg.eval_batch_size,
         mean=ds.mean,
         std=ds.std,

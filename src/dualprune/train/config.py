@@ -35,8 +35,10 @@ class TrainConfig(BaseModel):
     warmup_epochs: float = Field(0.0, ge=0)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     seed: int = 0
-    train_samples: int | None = Field(None, gt=0, description="use only the first N (debug)")
-    test_samples: int | None = Field(None, gt=0)
+    train_samples: int | None = Field(
+        None, gt=0, description="use a fixed random subset of N (quick checks)"
+    )
+    test_samples: int | None = Field(None, gt=0, description="evaluate on a fixed random subset")
 
 
 def validation_message(err: ValidationError, where: str = "") -> str:

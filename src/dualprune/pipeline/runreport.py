@@ -101,8 +101,10 @@ def report_run(out: str | os.PathLike[str]) -> tuple[Path, str]:
     }
     summary = {"model": info["model"], "dataset": info["dataset"]}
     if recipe.solver is not None:
-        summary["solver"] = ", ".join(
-            f"{k}={v}" for k, v in recipe.solver.model_dump().items() if v is not None
+        options = recipe.solver.model_dump()
+        name = options.pop("name")
+        summary["solver"] = f"{name}: " + ", ".join(
+            f"{k}={v}" for k, v in options.items() if v is not None
         )
     for name in ("pretrain", "compress", "retrain"):
         cfg = getattr(recipe, name)

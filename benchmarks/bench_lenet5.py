@@ -5,6 +5,9 @@ Experiments (all start from ONE pretrained LeNet-5, trained by the first):
 - ``eccv-admm`` / ``eccv-slr``: the ECCV'18 per-layer ratios (80/92/99.1/93% →
   71.2×) with the recipes lenet5-mnist-admm.yaml / lenet5-mnist-slr.yaml.
   Target: ≥ 99.2% after retraining.
+- ``eccv-admm-more`` / ``eccv-slr-more``: a second round from those results:
+  no solver epochs (the hard prune keeps the zeros already there), 15 more
+  epochs of masked retraining.
 - ``push``: progressive rounds, each starting from the previous round's final
   model: round 1 = eccv-slr's result, round 2 → ~200×, round 3 → ~300×.
   Target: ≥ 200× at ≥ 99.2%.
@@ -95,6 +98,15 @@ def main() -> None:
     for m in ("admm", "slr"):
         if f"eccv-{m}" in wanted:
             results.append(go(f"eccv-{m}", f"lenet5-mnist-{m}", base, args.data_dir))
+    for m in ("admm", "slr"):  # round 2: 15 more epochs of masked retraining
+        if f"eccv-{m}-more" in wanted:
+            more = {
+                "pretrained": str(OUT / f"eccv-{m}" / "model.safetensors"),
+                "pretrain": None,
+                "compress.epochs": 0,
+                "retrain.epochs": 15,
+            }
+            results.append(go(f"eccv-{m}-more", f"lenet5-mnist-{m}", more, args.data_dir))
     last = OUT / "eccv-slr" / "model.safetensors"
     e = args.round_epochs
     rounds = {"compress.epochs": e, "retrain.epochs": e}

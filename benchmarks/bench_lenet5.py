@@ -8,6 +8,8 @@ Experiments (all start from ONE pretrained LeNet-5, trained by the first):
 - ``eccv-admm-more`` / ``eccv-slr-more``: a second round from those results:
   no solver epochs (the hard prune keeps the zeros already there), 15 more
   epochs of masked retraining.
+- ``eccv-admm-long`` / ``eccv-slr-long``: 20 solver epochs instead of 10 and
+  weight decay while retraining; SLR with ρ growing from 0.01 (×1.2 per update).
 - ``push``: progressive rounds, each starting from the previous round's final
   model: round 1 = eccv-slr's result, round 2 → ~200×, round 3 → ~300×.
   Target: ≥ 200× at ≥ 99.2%.
@@ -107,6 +109,12 @@ def main() -> None:
                 "retrain.epochs": 15,
             }
             results.append(go(f"eccv-{m}-more", f"lenet5-mnist-{m}", more, args.data_dir))
+    long = {"compress.epochs": 20, "retrain.weight_decay": 5e-4}  # a longer solver phase
+    if "eccv-admm-long" in wanted:
+        results.append(go("eccv-admm-long", "lenet5-mnist-admm", {**base, **long}, args.data_dir))
+    if "eccv-slr-long" in wanted:  # SLR with a growing ρ from 0.01 (0.38 after 20 updates)
+        grow = {**base, **long, "solver.rho": 0.01, "solver.rho_growth": 1.2}
+        results.append(go("eccv-slr-long", "lenet5-mnist-slr", grow, args.data_dir))
     last = OUT / "eccv-slr" / "model.safetensors"
     e = args.round_epochs
     rounds = {"compress.epochs": e, "retrain.epochs": e}

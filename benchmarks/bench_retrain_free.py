@@ -60,14 +60,11 @@ PLANS = {
 }
 
 
-def hard_pruned_accuracy(model: torch.nn.Module, solver: dp.solvers.Solver, loader) -> float:
-    """Accuracy of a copy of ``model`` with W ← Π_S(W) (the model itself is untouched)."""
-    pruned = copy.deepcopy(model)
-    with torch.no_grad():
-        for name, c in solver.constraints.items():
-            w = pruned.get_submodule(name).weight
-            w.copy_(c.project(w))
-    return evaluate(pruned, loader)["acc"]
+def hard_pruned_accuracy(solver: dp.solvers.Solver, loader) -> float:
+    """Accuracy after ``solver.hard_prune()`` on a copy (the solver and its model are untouched)."""
+    twin = copy.deepcopy(solver)  # copies its model with it
+    twin.hard_prune()
+    return evaluate(twin.model, loader)["acc"]
 
 
 def make_solver(method: str, model: torch.nn.Module, plan: dp.Plan, args: argparse.Namespace):
@@ -148,7 +145,7 @@ def main() -> None:
         solver = make_solver(method, model, plan, args)
         opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True)
         loader = train_loader(1)
-        curve, soft, seconds = [hard_pruned_accuracy(model, solver, test_loader)], [base_acc], 0.0
+        curve, soft, seconds = [hard_pruned_accuracy(solver, test_loader)], [base_acc], 0.0
         with flush_denormals():
             for epoch in range(args.epochs):
                 loader.set_epoch(epoch)
@@ -166,7 +163,7 @@ def main() -> None:
                 solver.update(train_loss=total / count)
                 seconds += time.perf_counter() - t0
                 soft.append(evaluate(model, test_loader)["acc"])
-                curve.append(hard_pruned_accuracy(model, solver, test_loader))
+                curve.append(hard_pruned_accuracy(solver, test_loader))
                 print(
                     f"{method:>14} epoch {epoch + 1}: soft {100 * soft[-1]:.2f}%  "
                     f"hard-pruned {100 * curve[-1]:.2f}%  "

@@ -12,7 +12,7 @@ from dualprune import data, models
 from dualprune.errors import CheckpointError
 from dualprune.metrics import layer_stats
 from dualprune.pipeline.runreport import load_run_model
-from dualprune.pipeline.stages import _check_fits
+from dualprune.pipeline.stages import check_fits
 from dualprune.report import layer_table
 from dualprune.train import checkpoint as ckpt_io
 from dualprune.train.loop import evaluate
@@ -64,7 +64,7 @@ def evaluate_checkpoint(
         ckpt_io.load_model_state(model, state, model_name=name, path=p)
         where = f"epoch {int(state['epoch']) + 1}"
     x = next(iter(test_loader))[0]
-    _check_fits(model, name, x, ds)
+    check_fits(model, name, x, ds)
     result = evaluate(model, test_loader)
     return {
         "model": name,

@@ -90,7 +90,7 @@ def run(recipe: Recipe, *, resume: bool = False, progress: bool | None = None) -
     model = models.create(recipe.model, num_classes=num_classes)
     test_loader = _test_loader(ds, recipe.pretrain or recipe.compress or TrainConfig())
     x = next(iter(test_loader))[0]
-    _check_fits(model, recipe.model, x, ds)
+    check_fits(model, recipe.model, x, ds)
     (out / "recipe.yaml").write_text(recipe_yaml(recipe))
     info = {
         "model": recipe.model,
@@ -278,7 +278,7 @@ def _load_pretrained(model: nn.Module, path: str, name: str) -> None:
         ckpt_io.load_model_state(model, ckpt_io.load(p), model_name=name, path=p)
 
 
-def _check_fits(model: nn.Module, name: str, x: torch.Tensor, ds: data.Dataset) -> None:
+def check_fits(model: nn.Module, name: str, x: torch.Tensor, ds: data.Dataset) -> None:
     """One-line errors when a model cannot take a data set's images or labels."""
     try:
         with torch.no_grad():

@@ -110,9 +110,9 @@ class Solver(abc.ABC):
         self.batches = 0  # calls of step()
         self.updates = 0  # Z/dual steps done
         self.history: list[dict[str, Any]] = []
-        self._loss_sum = 0.0
+        self._loss_sum: Tensor | float = 0.0
         self._loss_n = 0
-        self._first_loss: float | None = None
+        self._first_loss: Tensor | float | None = None
 
     # ---- what subclasses provide --------------------------------------------------------
 
@@ -137,11 +137,11 @@ class Solver(abc.ABC):
     def step(self, loss: Tensor | float | None = None) -> dict[str, Any] | None:
         """Call after every optimizer step; returns the update record if one ran now."""
         self.batches += 1
-        if loss is not None:
-            value = float(loss.detach()) if isinstance(loss, Tensor) else float(loss)
+        if loss is not None:  # kept as a tensor: no device sync on the per-step path
+            value = (loss.detach() if isinstance(loss, Tensor) else torch.tensor(loss)).double()
             if self._first_loss is None:
                 self._first_loss = value
-            self._loss_sum += value
+            self._loss_sum = self._loss_sum + value
             self._loss_n += 1
         if self.update_every_batches and self.batches % self.update_every_batches == 0:
             return self._run_update(None)
@@ -164,7 +164,7 @@ class Solver(abc.ABC):
 
     def _run_update(self, train_loss: float | None) -> dict[str, Any]:
         if train_loss is None and self._loss_n:
-            train_loss = self._loss_sum / self._loss_n
+            train_loss = float(self._loss_sum) / self._loss_n
         with torch.no_grad():
             record = self._update(train_loss)
         self.updates += 1
@@ -174,6 +174,11 @@ class Solver(abc.ABC):
         self.history.append(record)
         self._loss_sum, self._loss_n = 0.0, 0
         return record
+
+    @property
+    def first_loss(self) -> float | None:
+        """The loss of the first batch passed to :meth:`step` (None before one)."""
+        return None if self._first_loss is None else float(self._first_loss)
 
     @property
     def diagnostics(self) -> dict[str, Any]:
@@ -231,9 +236,9 @@ class Solver(abc.ABC):
                 "epochs": self.epochs,
                 "batches": self.batches,
                 "updates": self.updates,
-                "loss_sum": self._loss_sum,
+                "loss_sum": float(self._loss_sum),
                 "loss_n": self._loss_n,
-                "first_loss": self._first_loss,
+                "first_loss": self.first_loss,
             },
             "history": copy.deepcopy(self.history),
             "tensors": {

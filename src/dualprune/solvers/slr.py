@@ -164,7 +164,7 @@ class SLR(PenaltySolver):
                 "SLR needs the training loss for its surrogate condition: call "
                 "solver.step(loss) after every batch or solver.update(train_loss=...)"
             )
-        f_old = self.f_prev if self.f_prev is not None else self._first_loss
+        f_old = self.f_prev if self.f_prev is not None else self.first_loss
         if f_old is None:  # f(W⁰) unknown (no step losses): compare the penalty terms only
             f_old = train_loss
         W = {n: w.detach() for n, w in self.weights.items()}

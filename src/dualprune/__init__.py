@@ -8,11 +8,13 @@ The public API in one place::
     solver = dp.SLR(model, plan, rho=0.1)     # or dp.ADMM(...), dp.Magnitude(...)
     ...                                       # your loop: solver.regularize(), .step(), .update()
     masks = solver.hard_prune()               # W ← Π_S(W); masks.attach(model) to retrain
+    small = dp.compact(model, example_input, masks)  # physically smaller (structured)
 
 See README.md for a tour and docs/ for the math.
 """
 
 from dualprune import errors, solvers
+from dualprune.compact import CompactionPlan, CompactionWarning, compact, compaction_plan
 from dualprune.constraints import (
     Constraint,
     Intersection,
@@ -30,6 +32,8 @@ __version__ = "0.1.0"
 __all__ = [
     "ADMM",
     "SLR",
+    "CompactionPlan",
+    "CompactionWarning",
     "Constraint",
     "Intersection",
     "Magnitude",
@@ -40,6 +44,8 @@ __all__ = [
     "Sparsity",
     "__version__",
     "channel_groups",
+    "compact",
+    "compaction_plan",
     "errors",
     "from_dict",
     "solvers",

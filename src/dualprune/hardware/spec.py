@@ -100,6 +100,12 @@ class CrossbarSpec:
             )
         if self.mapping == "differential" and self.weight_bits < 2:
             raise ConfigError("CrossbarSpec.weight_bits must be ≥ 2 with a differential mapping")
+        if self.cols < self.columns_per_weight:
+            raise ConfigError(
+                f"CrossbarSpec.cols={self.cols} cannot hold one weight column: a "
+                f"{self.weight_bits}-bit weight on {self.cell_bits}-bit cells with a "
+                f"{self.mapping} mapping needs {self.columns_per_weight} physical columns"
+            )
         if not self.g_max > 0:
             raise ConfigError(f"CrossbarSpec.g_max must be > 0 siemens, got {self.g_max!r}")
         if not self.on_off > 1:
@@ -123,6 +129,11 @@ class CrossbarSpec:
     def columns_per_weight(self) -> int:
         """Physical columns m per logical weight column: 2·S differential, S offset."""
         return 2 * self.slices if self.mapping == "differential" else self.slices
+
+    @property
+    def logical_cols(self) -> int:
+        """Weight columns one crossbar holds, X_c // m (X_c mod m physical columns stay unused)."""
+        return self.cols // self.columns_per_weight
 
     @property
     def input_slices(self) -> int:
@@ -151,6 +162,7 @@ class CrossbarSpec:
         d.update(
             slices=self.slices,
             columns_per_weight=self.columns_per_weight,
+            logical_cols=self.logical_cols,
             input_slices=self.input_slices,
             g_min=self.g_min,
         )

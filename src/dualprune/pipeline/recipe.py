@@ -12,6 +12,7 @@ A recipe names the model and data set and the settings of each stage::
     solver: {name: slr, rho: 0.1, update_every: 1}  # admm | slr | magnitude
     compress: {epochs: 4, lr: 0.01, ...}          # training under the solver
     retrain: {epochs: 2, ...}                     # masked retraining (0: none)
+    hardware: {crossbar: 128x128, weight_bits: 4, noise: "sigma=0.02", chips: 10}
 
 Stages without settings are skipped, so ``model + dataset + pretrain`` is a
 plain training run.
@@ -29,6 +30,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from dualprune.errors import ConfigError, ConstraintError, PlanError, UnknownNameError
+from dualprune.pipeline.hwstage import HardwareOptions
 from dualprune.plan import Plan
 from dualprune.train.config import TrainConfig, parse
 
@@ -113,6 +115,7 @@ class Recipe(BaseModel):
     solver: SolverOptions | None = None
     compress: TrainConfig | None = None
     retrain: TrainConfig | None = None
+    hardware: HardwareOptions | None = None
 
     def build_plan(self) -> Plan | None:
         """The recipe's :class:`Plan` (None without one)."""
@@ -204,6 +207,15 @@ def validate(raw: dict[str, Any], where: str = "recipe") -> Recipe:
         recipe.build_plan()
     except (PlanError, ConstraintError, UnknownNameError) as err:
         raise ConfigError(f"{where}: plan: {err}") from None
+    if recipe.hardware is not None:
+        try:
+            recipe.hardware.spec()
+            recipe.hardware.device_noise()
+            from dualprune.hardware import get_profile
+
+            get_profile(recipe.hardware.profile)
+        except (ConfigError, UnknownNameError) as err:
+            raise ConfigError(f"{where}: hardware: {err}") from None
     return recipe
 
 

@@ -115,6 +115,10 @@ def report_run(out: str | os.PathLike[str]) -> tuple[Path, str]:
     example = torch.zeros(1, *info["input_shape"])
     report = build_report(model, example, constraints, stages=stages, summary=summary)
     report["recipe"] = recipe.model_dump(mode="json")
+    hw_file = out / "hardware.json"
+    hw = json.loads(hw_file.read_text()) if hw_file.is_file() else None
+    if hw is not None:
+        report["hardware"] = {k: v for k, v in hw.items() if k != "mapping"}
     path = write_report(
         out,
         report,
@@ -122,4 +126,9 @@ def report_run(out: str | os.PathLike[str]) -> tuple[Path, str]:
         updates=_lines(out / "compress" / "updates.jsonl"),
         title=f"{info['model']} on {info['dataset']}",
     )
+    if hw is not None:
+        from dualprune.pipeline.hwstage import hardware_markdown
+
+        with path.open("a") as f:
+            f.write("\n" + hardware_markdown(hw))
     return path, terminal_table(report)

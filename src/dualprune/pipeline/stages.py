@@ -19,6 +19,7 @@ finished stages and continues an unfinished one from its last epoch.
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from torch import nn
 from dualprune import data, models, solvers
 from dualprune.errors import CheckpointError, ConfigError
 from dualprune.masks import Masks
+from dualprune.pipeline.hwstage import hardware_summary
 from dualprune.pipeline.recipe import MagnitudeOptions, Recipe, recipe_yaml
 from dualprune.pipeline.runreport import report_run
 from dualprune.train import checkpoint as ckpt_io
@@ -54,6 +56,7 @@ STAGE_FILES = (
     "run.json",
     "report.md",
     "report.json",
+    "hardware.json",
 )
 
 
@@ -110,12 +113,13 @@ def run(recipe: Recipe, *, resume: bool = False, progress: bool | None = None) -
             stages[name] = result
 
     if recipe.pretrained:
-        _load_pretrained(model, recipe.pretrained, recipe.model)
+        load_pretrained(model, recipe.pretrained, recipe.model)
         stages["pretrained"] = _eval(model, test_loader)
         (out / "pretrained.json").write_text(json.dumps(stages["pretrained"]) + "\n")
     if recipe.pretrain is not None:
         stage("pretrain", recipe.pretrain)
     masks = None
+    dense = copy.deepcopy(model) if recipe.hardware is not None else None
     if recipe.solver is not None and recipe.compress is not None:
         solver = _make_solver(recipe, model, ds)
         stage("compress", recipe.compress, solver)
@@ -132,6 +136,13 @@ def run(recipe: Recipe, *, resume: bool = False, progress: bool | None = None) -
     save_file(_plain_state(model), str(out / "model.safetensors"), metadata=_str(meta))
     if masks is not None:
         masks.save(out / "masks.safetensors")
+    if recipe.hardware is not None:
+        hw, text = hardware_summary(
+            model.eval(), recipe.hardware, x[:1], masks=masks, baseline=dense,
+            loader=test_loader, progress=progress,
+        )  # fmt: skip
+        print(text)
+        (out / "hardware.json").write_text(json.dumps(hw, indent=1) + "\n")
     report_path, table = report_run(out)
     return RunResult(out, final["test_acc"], final["test_loss"], stages, table, report_path)
 
@@ -261,8 +272,8 @@ def _test_loader(ds: data.Dataset, cfg: TrainConfig) -> data.Loader:
     )
 
 
-def _load_pretrained(model: nn.Module, path: str, name: str) -> None:
-    """Load a dualprune checkpoint.pt (or run dir) or a model.safetensors."""
+def load_pretrained(model: nn.Module, path: str, name: str) -> None:
+    """Load a dualprune ``checkpoint.pt`` (or run dir) or a ``model.safetensors`` (checked)."""
     p = Path(path)
     if p.suffix == ".safetensors":
         if not p.is_file():

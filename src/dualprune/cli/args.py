@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any, NoReturn
 
 
@@ -138,3 +139,11 @@ TRAIN_KEYS = (
     "train_samples",
     "test_samples",
 )
+
+
+def json_out(args: argparse.Namespace, source: Path, run_dir: Path | None, name: str) -> Path:
+    """Where a command writes its JSON: --json, else inside the run dir, else beside the file."""
+    if getattr(args, "json", None):
+        return Path(args.json)
+    base = run_dir if run_dir is not None else (source if source.is_dir() else source.parent)
+    return base / name

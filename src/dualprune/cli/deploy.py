@@ -1,115 +1,208 @@
-"""Subcommands that make a compressed model deployable: compact, bench, export, hw."""
+"""Subcommands that make a compressed model deployable: compact, bench, export."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
-from dualprune.cli.args import add_data_dir, add_threads, positive_int
-from dualprune.errors import ConfigError
+from torch import nn
+
+from dualprune.cli.args import add_threads, json_out, positive_int
+
+FORMATS = ("packed", "onnx", "torch")
 
 
-def _json_out(args: argparse.Namespace, source: Path, run_dir: Path | None, name: str) -> Path:
-    """Where a command writes its JSON: --json, else inside the run dir, else beside the file."""
-    if args.json:
-        return Path(args.json)
-    base = run_dir if run_dir is not None else (source if source.is_dir() else source.parent)
-    return base / name
+def _compacted(art: Any, quiet: bool = False) -> tuple[nn.Module, Any, list[str]]:
+    """The compacted model, its plan, and the warnings compaction gave."""
+    from dualprune.compact import CompactionPlan, compact
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        small = compact(art.model, art.random_input(2), art.masks)
+    plan = CompactionPlan.from_dict(small.dualprune_compaction)
+    return small, plan, [str(w.message) for w in caught]
 
 
-def cmd_hw(args: argparse.Namespace) -> int:
-    """``dualprune hw RUN_DIR|CHECKPOINT``: crossbars, energy, area; accuracy on chips."""
-    from dualprune.pipeline.artifacts import load_artifact, test_loader
-    from dualprune.pipeline.hwstage import HardwareOptions, hardware_summary
-    from dualprune.train.config import parse
+def cmd_compact(args: argparse.Namespace) -> int:
+    """``dualprune compact RUN_DIR|CHECKPOINT``: physically remove pruned channels."""
+    from dualprune.export import save_torch
+    from dualprune.pipeline.artifacts import load_artifact
 
     art = load_artifact(args.path)
-    recipe_hw = art.recipe.hardware if art.recipe is not None else None
-    base: dict[str, Any] = recipe_hw.model_dump() if recipe_hw is not None else {}
-    flags = {
-        "crossbar": args.xbar,
-        "cell_bits": args.cell_bits,
-        "weight_bits": args.weight_bits,
-        "mapping": args.mapping,
-        "dac_bits": args.dac_bits,
-        "input_bits": args.input_bits,
-        "adc_mux": args.adc_mux,
-        "profile": args.profile,
-        "layout": args.layout,
-        "noise": args.noise,
-        "chips": args.chips,
-        "seed": args.seed,
-    }
-    options = parse(
-        HardwareOptions, base | {k: v for k, v in flags.items() if v is not None}, "options"
+    small, plan, notes = _compacted(art)
+    print(plan)
+    for note in notes:
+        print(f"note: {note}")
+    base = art.run_dir if art.run_dir is not None else art.source.parent
+    out = Path(args.out) if args.out else base / "compact"
+    out.mkdir(parents=True, exist_ok=True)
+    save_torch(
+        small, out / "model.safetensors", {"model": art.name, "num_classes": art.num_classes}
     )
-    loader = None
-    if options.noise is not None:
-        dataset = args.dataset or art.dataset
-        if dataset is None:
-            raise ConfigError(f"'{art.source}' does not name its data set; pass --dataset")
-        loader = test_loader(dataset, args.data_dir, args.test_samples)
-    options.spec()  # a bad spec fails before any work
-    hw, text = hardware_summary(
-        art.model,
-        options,
-        art.example_input(),
-        masks=art.masks,
-        baseline=art.dense_model(),
-        loader=loader,
-    )
-    print(text)
-    path = _json_out(args, art.source, art.run_dir, "hardware.json")
-    path.write_text(json.dumps(hw, indent=1) + "\n")
-    print(f"\nwrote {path}")
+    (out / "compaction.json").write_text(json.dumps(plan.as_dict(), indent=1) + "\n")
+    print(f"\nwrote {out / 'model.safetensors'} (load with dualprune.export.load_torch)")
+    print(f"wrote {out / 'compaction.json'}")
     return 0
 
 
-def _hw_parser(sub: Any) -> None:
-    p = sub.add_parser(
-        "hw",
-        help="crossbars, energy and area of a run on memristor crossbars",
-        description=(
-            "Map a run's final model (or a checkpoint) onto memristor crossbars: per-layer "
-            "crossbars, DACs, ADCs and ADC bits; energy, area and latency per inference "
-            "under a technology profile, with reductions against the dense model; with "
-            "--noise, accuracy over Monte-Carlo programmed chips. Defaults come from the "
-            "recipe's hardware section when it has one. Writes hardware.json."
-        ),
+def cmd_bench(args: argparse.Namespace) -> int:
+    """``dualprune bench RUN_DIR|CHECKPOINT``: dense vs compacted vs sparse latency."""
+    from dualprune.latency import batch_of, compare_latency
+    from dualprune.metrics import dense_macs, layer_stats
+    from dualprune.pipeline.artifacts import load_artifact
+    from dualprune.sparsify import sparsify_for_inference
+
+    art = load_artifact(args.path)
+    model = art.model.eval()
+    small, _, _ = _compacted(art)
+    small.eval()
+    x = art.random_input(max(args.batch_sizes))
+    stats = layer_stats(model, x[:1])
+    dense = float(sum(s.macs for s in stats))
+    result: dict[str, Any] = {"model": art.name, "source": str(art.source), "batches": {}}
+    for b in args.batch_sizes:
+        xb = batch_of(x, b)
+        variants: dict[str, nn.Module] = {"dense": model, "compacted": small}
+        macs = {"dense": dense, "compacted": float(sum(dense_macs(small, x[:1]).values()))}
+        entry: dict[str, Any] = {}
+        if args.sparse:
+            fast, rep = sparsify_for_inference(model, xb, threads=args.threads)
+            variants["sparse"] = fast
+            macs["sparse"] = float(
+                sum(s.effective_macs if s.name in rep.swapped else s.macs for s in stats)
+            )
+            print(f"sparse execution at batch {b}:\n{rep}\n")
+            entry["sparsify"] = rep.as_dict()
+        cmp = compare_latency(
+            variants,
+            xb,
+            batch_sizes=(b,),
+            threads=args.threads,
+            repeats=args.repeats,
+            macs=macs,
+        )
+        print(cmp)
+        print()
+        entry["latency"] = cmp.as_dict()
+        result["batches"][str(b)] = entry
+    path = json_out(args, art.source, art.run_dir, "bench.json")
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """``dualprune export RUN_DIR|CHECKPOINT --format packed|onnx|torch``."""
+    from dualprune.pipeline.artifacts import load_artifact
+
+    art = load_artifact(args.path)
+    base = art.run_dir if art.run_dir is not None else art.source.parent
+    if args.format == "packed":
+        from dualprune.export import save_packed
+
+        out = Path(args.out) if args.out else base / "model.packed.safetensors"
+        info = save_packed(art.model, out, masks=art.masks, constraints=art.constraints)
+        print(
+            f"wrote {out}: {info.file_bytes:,} bytes (storage figure {info.storage.bytes:,} B, "
+            f"header {info.header_bytes:,} B; dense fp32 {info.dense_bytes:,} B, "
+            f"{info.dense_bytes / info.file_bytes:.1f}× smaller)"
+        )
+        return 0
+    small = art.model
+    if not args.no_compact:
+        small, plan, _ = _compacted(art)
+        print(
+            f"compacted: {plan.params_before:,} → {plan.params_after:,} parameters, "
+            f"{plan.macs_before:,} → {plan.macs_after:,} MACs per sample"
+        )
+    if args.format == "torch":
+        from dualprune.export import save_torch
+
+        out = Path(args.out) if args.out else base / "model.torch.safetensors"
+        save_torch(small, out, {"model": art.name, "num_classes": art.num_classes})
+        print(f"wrote {out}: {out.stat().st_size:,} bytes (load with dualprune.export.load_torch)")
+        return 0
+    from dualprune.export import export_onnx
+
+    out = Path(args.out) if args.out else base / "model.onnx"
+    onnx = export_onnx(small, art.example_input(), out)
+    print(
+        f"wrote {onnx.path}: {onnx.file_bytes:,} bytes, checked with onnxruntime "
+        f"(max |difference| {onnx.max_abs_error:.2e})"
     )
-    p.add_argument("path", help="a run directory, a stage directory or a checkpoint.pt")
-    p.add_argument("--xbar", metavar="RxC", help="crossbar size (default 128x128)")
-    p.add_argument("--profile", help="isaac32, neurosim22 or neurosim22-xbar (default isaac32)")
-    p.add_argument("--weight-bits", type=positive_int, metavar="B", help="default 8")
-    p.add_argument("--cell-bits", type=positive_int, metavar="C", help="default 2")
-    p.add_argument("--mapping", choices=["differential", "offset"], help="default differential")
-    p.add_argument("--dac-bits", type=positive_int, metavar="D", help="default 1")
-    p.add_argument("--input-bits", type=positive_int, metavar="A", help="default 8")
-    p.add_argument("--adc-mux", type=positive_int, metavar="N", help="columns per ADC (8)")
-    p.add_argument(
-        "--layout",
-        choices=["best", "compact", "grid"],
-        help="how pruned rows/columns are placed on tiles (default best)",
-    )
-    p.add_argument(
-        "--noise",
-        metavar="SPEC",
-        help="device noise, e.g. 'sigma=0.02,read=0.01,stuck_min=0.001' (docs/devices.md)",
-    )
-    p.add_argument("--chips", type=positive_int, metavar="N", help="programmed chips (10)")
-    p.add_argument("--seed", type=int, help="seed of the first chip (0)")
-    p.add_argument("--dataset", help="test set for --noise (default: the run's)")
-    p.add_argument(
-        "--test-samples", type=positive_int, metavar="N", help="a fixed random test subset"
-    )
-    p.add_argument("--json", metavar="FILE", help="default: RUN_DIR/hardware.json")
-    add_data_dir(p)
-    add_threads(p)
-    p.set_defaults(func=cmd_hw)
+    return 0
+
+
+def _batch_sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(t) for t in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected sizes like 1,64, got '{text}'") from None
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"batch sizes must be positive, got '{text}'")
+    return sizes
 
 
 def register(sub: Any) -> None:
     """Add this module's subcommands to the ``dualprune`` subparsers ``sub``."""
-    _hw_parser(sub)
+    from dualprune.cli import hw
+
+    where = "a run directory, a stage directory or a checkpoint.pt"
+    p = sub.add_parser(
+        "compact",
+        help="physically remove pruned filters and channels",
+        description=(
+            "Remove pruned filters/channels of a run's final model (every coupled group "
+            "through Torch-Pruning's dependency graph); outputs equal the masked model's. "
+            "Zeros that cannot be removed (irregular, column, block) are reported. Writes "
+            "compact/model.safetensors (with its architecture) and compact/compaction.json."
+        ),
+    )
+    p.add_argument("path", help=where)
+    p.add_argument("--out", metavar="DIR", help="default: RUN_DIR/compact")
+    p.set_defaults(func=cmd_compact)
+
+    p = sub.add_parser(
+        "bench",
+        help="measured latency: dense vs compacted vs sparse execution",
+        description=(
+            "Time the model dense, compacted and with sparse layers (swapped only where "
+            "measured faster) at each batch size: fixed threads, warm-up, median of "
+            "repeats, variants interleaved; shown next to the MACs ratio. Writes bench.json."
+        ),
+    )
+    p.add_argument("path", help=where)
+    p.add_argument(
+        "--batch-sizes", type=_batch_sizes, default=(1, 64), metavar="B,B", help="default 1,64"
+    )
+    p.add_argument("--repeats", type=positive_int, default=20, help="timed repeats (20)")
+    p.add_argument("--no-sparse", dest="sparse", action="store_false", help="skip sparse execution")
+    p.add_argument("--json", metavar="FILE", help="default: RUN_DIR/bench.json")
+    add_threads(p)
+    p.set_defaults(func=cmd_bench, threads=1)
+
+    p = sub.add_parser(
+        "export",
+        help="export as packed, ONNX or torch (safetensors + architecture)",
+        description=(
+            "packed: the weights in the code the report counts (values at their bits, "
+            "bitmask or relative indices, scales), restored bit for bit by "
+            "dualprune.export.load_packed. onnx: the compacted model, checked with "
+            "onnxruntime (pip install 'dualprune[export]'). torch: the compacted model's "
+            "state dict plus its architecture, loaded without unpickling."
+        ),
+    )
+    p.add_argument("path", help=where)
+    p.add_argument("--format", choices=FORMATS, required=True)
+    p.add_argument("--out", metavar="FILE", help="default: a file in the run directory")
+    p.add_argument(
+        "--no-compact", action="store_true", help="onnx/torch: export without compaction"
+    )
+    p.set_defaults(func=cmd_export)
+    hw.register(sub)
+
+
+__all__ = ["FORMATS", "register"]

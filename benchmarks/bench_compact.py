@@ -1,0 +1,360 @@
+"""Filter pruning to 2× fewer MACs: dualprune's compacted model vs Torch-Pruning's.
+
+From ONE pretrained CIFAR ResNet (ResNet-20 by default, ``--model resnet56``),
+both methods remove whole channels until the model has ``--macs-target`` (0.5)
+of the dense MACs, then train for the same budget: a first phase of
+``--solver-epochs`` (SGD Nesterov, constant lr) and a fine-tune of
+``--finetune-epochs`` (cosine lr), with the same optimizer, schedules and data
+order in both. Measured: test accuracy, parameters, MACs, and the latency of
+dense, dualprune and Torch-Pruning models timed in ONE interleaved
+``compare_latency`` call at batch 1 and 64 (``--threads``), with the speedup
+divided by the MACs ratio ("realised"; target ≥ 0.8 at batch 64).
+
+dualprune. The solvers take one constraint per layer (a set S_i for one weight
+W_i), so channels tied across several layers are split in two kinds, found by
+``channel_groups``:
+
+- chain groups (a block's ``conv1`` filters, read only by its ``conv2``): the
+  solver (SLR or ADMM) drives ``Sparsity(r, "channel")`` on the reader's input
+  channels; zero input channels of ``conv2`` take ``conv1``'s filters and its
+  BatchNorm entries with them at compaction;
+- residual groups (stem, every block's ``conv2``, the downsample convs and
+  ``fc``'s inputs of a stage): hard projection W ← Π_{S_G}(W) of
+  ``project_coupled`` after every epoch of the solver phase.
+
+One channel ratio r serves both, found by bisection so that the compaction
+plan of the magnitude-projected pretrained model has MACs ≤ target × dense.
+After the solver phase: hard prune (solver masks ∧ coupled masks), ``compact``,
+fine-tune the small dense model.
+
+Torch-Pruning: ``MagnitudePruner`` (L2 magnitude importance, ``fc`` ignored),
+one-shot from the pretrained model, ``pruning_ratio`` by bisection so that its
+MACs (counted by ``dualprune.metrics.dense_macs``, as for dualprune) match
+dualprune's; then the two training phases without a solver.
+
+Writes benchmarks/results/compact_<model>.json and ``| compact:`` rows in
+benchmarks/results/README.md (``--out-json PATH`` writes the JSON there instead
+and leaves the README alone, for smoke runs).
+
+Usage:
+    python benchmarks/bench_compact.py --data-dir ../shared/data --train-samples 20000 \\
+        --pretrain-epochs 15 --solver-epochs 3 --finetune-epochs 5
+    python benchmarks/bench_compact.py --data-dir ../shared/data --train-samples 512 \\
+        --test-samples 500 --pretrain-epochs 1 --solver-epochs 1 --finetune-epochs 1 \\
+        --repeats 3 --out-json /tmp/compact.json   # smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime as dt
+import json
+import shlex
+import sys
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch_pruning as tp
+from common import RESULTS, cpu_model, replace_rows  # benchmarks/common.py
+from torch import Tensor, nn
+
+import dualprune as dp
+from dualprune import data, models
+from dualprune.compact import compact, compaction_plan
+from dualprune.constraints.groups import ChannelGroup, channel_groups, coupled_masks
+from dualprune.latency import compare_latency
+from dualprune.metrics import dense_macs
+from dualprune.pipeline.stages import load_pretrained, subset
+from dualprune.solvers import ADMM, SLR
+from dualprune.train import TrainConfig, evaluate, fit
+
+
+def split_groups(groups: Sequence[ChannelGroup]) -> tuple[list[str], list[ChannelGroup]]:
+    """(reader layers of chain groups, residual groups).
+
+    A chain group ties one layer's filters to one reader's input channels and
+    nothing else but biases and BatchNorm; every other group is residual.
+    """
+    readers, residual = [], []
+    for g in groups:
+        weights = [s for s in g.slices if s.role == "weight"]
+        ins = [s for s in weights if s.dim == 1]
+        if len(weights) == 2 and len(ins) == 1:
+            readers.append(ins[0].param.removesuffix(".weight"))
+        else:
+            residual.append(g)
+    return readers, residual
+
+
+def channel_masks(
+    model: nn.Module, readers: list[str], residual: list[ChannelGroup], ratio: float
+) -> dict[str, Tensor]:
+    """Masks of Π_S by magnitude: readers' input channels ∧ residual groups' channels."""
+    per_layer = dp.Masks.from_constraints(model, {n: dp.Sparsity(ratio, "channel") for n in readers})
+    masks = coupled_masks(dict(model.named_parameters()), residual, ratio)
+    for name in per_layer.names:
+        masks[name] = masks[name] & per_layer[name] if name in masks else per_layer[name]
+    return masks
+
+
+def bisect(
+    f: Callable[[float], float], target: float, hi: float, steps: int
+) -> tuple[float, float]:
+    """Bisection on a non-increasing f over [0, hi]: (lo, hi) with f(lo) > target ≥ f(hi)."""
+    lo = 0.0
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if f(mid) <= target else (mid, hi)
+    return lo, hi
+
+
+class WithCoupledProjection:
+    """A solver's hooks, plus W ← Π_{S_G}(W) on the residual groups after every epoch."""
+
+    def __init__(self, solver: dp.solvers.Solver, groups: list[ChannelGroup], ratio: float):
+        self.solver, self.groups, self.ratio = solver, groups, ratio
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        return self.solver.history
+
+    def regularize(self) -> None:
+        self.solver.regularize()
+
+    def step(self, loss: Tensor | float | None = None) -> dict[str, Any] | None:
+        return self.solver.step(loss)
+
+    def update(self, train_loss: float | None = None) -> dict[str, Any] | None:
+        record = self.solver.update(train_loss)
+        params = dict(self.solver.model.named_parameters())
+        masks = coupled_masks(params, self.groups, self.ratio)
+        with torch.no_grad():
+            for name, keep in masks.items():
+                params[name].mul_(keep)
+        return record
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.solver.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.solver.load_state_dict(state)
+
+
+def n_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def macs_of(model: nn.Module, x: Tensor) -> int:
+    return sum(dense_macs(model, x).values())
+
+
+def main() -> None:
+    """Pretrain (or load), prune both ways, train both, time all three, write results."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="resnet20", choices=["resnet20", "resnet56"])
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--train-samples", type=int, default=None)
+    p.add_argument("--test-samples", type=int, default=None)
+    p.add_argument("--pretrained", default=None, help="checkpoint.pt, run dir or .safetensors")
+    p.add_argument("--pretrain-epochs", type=int, default=15)
+    p.add_argument("--pretrain-lr", type=float, default=0.1)
+    p.add_argument("--macs-target", type=float, default=0.5, help="MACs after / dense MACs")
+    p.add_argument("--solver", default="slr", choices=["slr", "admm"])
+    p.add_argument("--rho", type=float, default=0.1)
+    p.add_argument("--solver-epochs", type=int, default=3)
+    p.add_argument("--finetune-epochs", type=int, default=5)
+    p.add_argument("--lr", type=float, default=0.01, help="lr of both post-pruning phases")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--work", default="runs/bench-compact")
+    p.add_argument("--out-json", default=None, help="write the JSON here, not into results/")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    t_start = time.perf_counter()
+
+    ds = data.load("cifar10", root=args.data_dir)
+    train_x, train_y = subset(ds.train_x, ds.train_y, args.train_samples)
+    test_x, test_y = subset(ds.test_x, ds.test_y, args.test_samples)
+    bs = args.batch_size
+
+    def train_loader(seed: int) -> data.Loader:
+        return data.Loader(
+            train_x, train_y, batch_size=bs, mean=ds.mean, std=ds.std,
+            shuffle=True, augment=ds.augment, seed=seed,
+        )  # fmt: skip
+
+    test_loader = data.Loader(
+        test_x, test_y, batch_size=1000, mean=ds.mean, std=ds.std, shuffle=False, augment=False
+    )
+    x = next(iter(test_loader))[0][:64]  # real normalised images, (64, 3, 32, 32)
+    x2 = x[:2]
+    work = Path(args.work) / f"{args.model}-n{len(train_y)}"
+    meta = {"model_name": args.model}
+
+    # 1. the dense model, pretrained once and cached
+    torch.manual_seed(0)
+    dense = models.create(args.model, num_classes=ds.num_classes)
+    if args.pretrained:
+        load_pretrained(dense, args.pretrained, args.model)
+    else:
+        cfg = TrainConfig(
+            epochs=args.pretrain_epochs, batch_size=bs, lr=args.pretrain_lr, nesterov=True,
+            schedule="cosine",
+        )  # fmt: skip
+        fit(dense, train_loader(0), test_loader, cfg, work / "pretrain", meta=meta, resume=True)
+    dense.eval()
+    dense_acc = evaluate(dense, test_loader)["acc"]
+    dense_macs_total = macs_of(dense, x2)
+    print(f"dense {args.model}: {100 * dense_acc:.2f}%, {dense_macs_total / 1e6:.2f}M MACs")
+
+    # the same two phases for both methods: same optimizer, schedules and data order
+    phase1 = TrainConfig(
+        epochs=args.solver_epochs, batch_size=bs, lr=args.lr, nesterov=True, schedule="constant"
+    )
+    phase2 = TrainConfig(
+        epochs=args.finetune_epochs, batch_size=bs, lr=args.lr, nesterov=True, schedule="cosine"
+    )
+
+    # 2. dualprune: the channel ratio r by bisection on the compaction plan
+    readers, residual = split_groups(channel_groups(dense, x2, ignore=["fc"]))
+    target = args.macs_target * dense_macs_total
+
+    def plan_macs(r: float) -> float:
+        return compaction_plan(dense, x2, channel_masks(dense, readers, residual, r)).macs_after
+
+    t0 = time.perf_counter()
+    ratio = bisect(plan_macs, target, hi=0.95, steps=10)[1]
+    print(f"channel ratio r = {ratio:.4f} ({time.perf_counter() - t0:.1f} s of bisection)")
+    model = copy.deepcopy(dense).train()
+    plan = {n: dp.Sparsity(ratio, "channel") for n in readers}
+    if args.solver == "slr":
+        solver = SLR(model, plan, rho=args.rho)
+    else:
+        solver = ADMM(model, plan, rho=args.rho)
+    hooks = WithCoupledProjection(solver, residual, ratio)
+    fit(model, train_loader(1), test_loader, phase1, work / "dp-solver", meta=meta, solver=hooks)
+    hard = solver.hard_prune()  # conv2 input channels, then score the residual groups
+    masks = channel_masks(model, [], residual, ratio)
+    for name in hard.names:
+        masks[name] = masks[name] & hard[name] if name in masks else hard[name]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        small = compact(model.eval(), x2, masks)
+    leftovers = [str(w.message) for w in caught]
+    cplan = compaction_plan(model, x2, masks)
+    print(str(cplan).splitlines()[-1], *leftovers, sep="\n")
+    dp_hard_acc = evaluate(small, test_loader)["acc"]
+    fit(small, train_loader(2), test_loader, phase2, work / "dp-finetune", meta=meta)
+
+    # 3. Torch-Pruning: one-shot magnitude pruning to the same MACs, same training budget
+    def tp_prune(r: float) -> nn.Module:
+        m = copy.deepcopy(dense).eval()
+        pruner = tp.pruner.MagnitudePruner(
+            m, x2, importance=tp.importance.MagnitudeImportance(p=2), pruning_ratio=r,
+            ignored_layers=[m.fc],
+        )  # fmt: skip
+        pruner.step()
+        return m
+
+    dp_macs = macs_of(small, x2)
+    # the ratio whose MACs are nearest dualprune's, on either side
+    bounds = bisect(lambda r: macs_of(tp_prune(r), x2), dp_macs, hi=0.95, steps=12)
+    tp_ratio = min(bounds, key=lambda r: abs(macs_of(tp_prune(r), x2) - dp_macs))
+    tp_model = tp_prune(tp_ratio)
+    tp_macs = macs_of(tp_model, x2)
+    print(f"torch-pruning ratio {tp_ratio:.4f}: {tp_macs / 1e6:.2f}M MACs vs {dp_macs / 1e6:.2f}M")
+    tp_hard_acc = evaluate(tp_model, test_loader)["acc"]
+    fit(tp_model, train_loader(1), test_loader, phase1, work / "tp-phase1", meta=meta)
+    fit(tp_model, train_loader(2), test_loader, phase2, work / "tp-phase2", meta=meta)
+
+    # 4. accuracy and latency of all three
+    variants = {"dense": dense, "dualprune": small, "torch-pruning": tp_model}
+    macs = {"dense": dense_macs_total, "dualprune": dp_macs, "torch-pruning": tp_macs}
+    latency = compare_latency(
+        variants, x, batch_sizes=(1, 64), threads=args.threads, repeats=args.repeats, macs=macs
+    )
+    acc = {name: evaluate(m, test_loader)["acc"] for name, m in variants.items()}
+    after_prune = {"dense": dense_acc, "dualprune": dp_hard_acc, "torch-pruning": tp_hard_acc}
+    print(latency)
+    print(f"{'variant':<14} {'params':>9} {'MACs':>9} {'acc pruned':>10} {'acc final':>9}")
+    for name, m in variants.items():
+        print(
+            f"{name:<14} {n_params(m):>9,} {macs[name] / 1e6:>8.2f}M "
+            f"{100 * after_prune[name]:>9.2f}% {100 * acc[name]:>8.2f}%"
+        )
+
+    # 5. results
+    command = "python " + shlex.join(sys.argv)
+    lat = latency.as_dict()["variants"]
+    results = {
+        name: {
+            "params": n_params(m),
+            "macs": macs[name],
+            "macs_ratio": latency.macs_ratio(name),
+            "acc_after_prune": after_prune[name],
+            "acc": acc[name],
+            "speedup": {b: latency.speedup(name, b) for b in (1, 64)},
+            "realised": {b: latency.speedup(name, b) / latency.macs_ratio(name) for b in (1, 64)},
+            "latency": lat[name],
+        }
+        for name, m in variants.items()
+    }
+    record = {
+        "command": command,
+        "date": dt.datetime.now().isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+        "torch_pruning": tp.__version__,
+        "cpu": cpu_model(),
+        "threads": args.threads,
+        "model": args.model,
+        "train_samples": len(train_y),
+        "test_samples": len(test_y),
+        "pretrained": args.pretrained,
+        "pretrain_epochs": None if args.pretrained else args.pretrain_epochs,
+        "macs_target": args.macs_target,
+        "channel_ratio": ratio,
+        "tp_pruning_ratio": tp_ratio,
+        "solver": {"name": args.solver, **getattr(solver, "settings", dict)()},
+        "solver_layers": readers,
+        "residual_groups": [g.root for g in residual],
+        "phase1": phase1.model_dump(mode="json"),
+        "phase2": phase2.model_dump(mode="json"),
+        "compaction_plan": cplan.as_dict(),
+        "compaction_warnings": leftovers,
+        "solver_history": solver.history,
+        "wall_s": time.perf_counter() - t_start,
+        "results": results,
+    }
+    out = Path(args.out_json) if args.out_json else RESULTS / f"compact_{args.model}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=1))
+    print(f"wrote {out} ({record['wall_s']:.0f} s in all)")
+    if args.out_json:
+        return
+    setting = (
+        f"CIFAR-10, {len(train_y)} train samples, pretrained "
+        f"{args.pretrained or f'{args.pretrain_epochs} ep'} ({100 * dense_acc:.2f}%); "
+        f"{args.solver_epochs} + {args.finetune_epochs} ep training; "
+        f"{args.threads} threads, {cpu_model()}"
+    )
+    rows = []
+    for name in ("dualprune", "torch-pruning"):
+        r = results[name]
+        rows.append(
+            f"| compact: {args.model} {name} | {setting} | acc {100 * r['acc']:.2f}% "
+            f"(dense {100 * dense_acc:.2f}%), {r['macs_ratio']:.2f}× fewer MACs, "
+            f"{r['params']:,} params; speedup {r['speedup'][1]:.2f}× (batch 1), "
+            f"{r['speedup'][64]:.2f}× (batch 64), realised {r['realised'][64]:.2f} | "
+            f"realised ≥ 0.8 at batch 64 | `{command}` |"
+        )
+    replace_rows(f"compact: {args.model}", rows)
+
+
+if __name__ == "__main__":
+    main()

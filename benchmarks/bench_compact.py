@@ -92,10 +92,20 @@ def split_groups(groups: Sequence[ChannelGroup]) -> tuple[list[str], list[Channe
 
 
 def channel_masks(
-    model: nn.Module, readers: list[str], residual: list[ChannelGroup], ratio: float
+    model: nn.Module,
+    readers: list[str],
+    residual: list[ChannelGroup],
+    ratio: float,
+    per_layer: dp.Masks | None = None,
 ) -> dict[str, Tensor]:
-    """Masks of Π_S by magnitude: readers' input channels ∧ residual groups' channels."""
-    per_layer = dp.Masks.from_constraints(model, {n: dp.Sparsity(ratio, "channel") for n in readers})
+    """Masks (True = kept) of the readers' input channels ∧ the residual groups' channels.
+
+    Both by magnitude at the current weights, unless ``per_layer`` (a solver's
+    hard-prune masks) gives the readers' masks.
+    """
+    if per_layer is None:
+        constraints = {n: dp.Sparsity(ratio, "channel") for n in readers}
+        per_layer = dp.Masks.from_constraints(model, constraints)
     masks = coupled_masks(dict(model.named_parameters()), residual, ratio)
     for name in per_layer.names:
         masks[name] = masks[name] & per_layer[name] if name in masks else per_layer[name]
@@ -239,10 +249,8 @@ def main() -> None:
         solver = ADMM(model, plan, rho=args.rho)
     hooks = WithCoupledProjection(solver, residual, ratio)
     fit(model, train_loader(1), test_loader, phase1, work / "dp-solver", meta=meta, solver=hooks)
-    hard = solver.hard_prune()  # conv2 input channels, then score the residual groups
-    masks = channel_masks(model, [], residual, ratio)
-    for name in hard.names:
-        masks[name] = masks[name] & hard[name] if name in masks else hard[name]
+    hard = solver.hard_prune()  # conv2 input channels first, then score the residual groups
+    masks = channel_masks(model, readers, residual, ratio, per_layer=hard)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         small = compact(model.eval(), x2, masks)

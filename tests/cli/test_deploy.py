@@ -111,6 +111,9 @@ def test_bench_command_times_every_variant(finished, tmp_path, capsys):
     assert set(result["batches"]) == {"1", "4"}
     text = capsys.readouterr().out
     assert "compacted" in text and "sparse" in text
+    # bench.json in the run directory puts the latency table into the report
+    assert main(["bench", str(finished), "--repeats", "1", "--batch-sizes", "2"]) == 0
+    assert "## Measured latency" in (finished / "report.md").read_text()
 
 
 def test_bench_rejects_bad_batch_sizes(finished, capsys):

@@ -91,6 +91,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     path = json_out(args, art.source, art.run_dir, "bench.json")
     path.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {path}")
+    if art.run_dir is not None and path == art.run_dir / "bench.json":
+        from dualprune.pipeline import report_run
+
+        report, _ = report_run(art.run_dir)
+        print(f"report (with the latency table): {report}")
     return 0
 
 

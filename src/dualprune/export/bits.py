@@ -10,6 +10,8 @@ this is how :mod:`dualprune.storage` counts a layer (docs/algorithms.md §4).
 Fields of 8, 16 or 32 bits that start on a byte (fp32 values, scales) are copied
 as little-endian bytes; all others are expanded to bits in chunks of about a
 million, so packing a layer never needs more memory than a few times its size.
+Whole tensors that are not packed (biases, BatchNorm statistics) are stored as
+their little-endian bytes (:func:`tensor_bytes`, :func:`tensor_from_bytes`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,14 @@ import sys
 import torch
 from torch import Tensor
 
-__all__ = ["BitReader", "BitWriter", "float_codes", "float_from_codes"]
+__all__ = [
+    "BitReader",
+    "BitWriter",
+    "float_codes",
+    "float_from_codes",
+    "tensor_bytes",
+    "tensor_from_bytes",
+]
 
 _CHUNK_BITS = 1 << 23  # bits expanded at a time
 _BYTE_SHIFTS = torch.arange(8, dtype=torch.uint8)
@@ -147,3 +156,28 @@ def float_from_codes(codes: Tensor) -> Tensor:
     """The inverse of :func:`float_codes`: fp32 values from their 32-bit patterns."""
     signed = torch.where(codes >= 1 << 31, codes - (1 << 32), codes)
     return signed.to(torch.int32).view(torch.float32)
+
+
+def tensor_bytes(t: Tensor) -> Tensor:
+    """The entries of ``t`` row-major as little-endian bytes (uint8, numel · itemsize)."""
+    flat = t.detach().cpu().contiguous().reshape(-1)
+    raw = flat.view(torch.uint8)
+    if not _LITTLE and flat.element_size() > 1:
+        raw = raw.view(-1, flat.element_size()).flip(1).reshape(-1)
+    return raw
+
+
+def tensor_from_bytes(data: Tensor, dtype: torch.dtype, shape: tuple[int, ...]) -> Tensor:
+    """The inverse of :func:`tensor_bytes`: a tensor of ``dtype`` and ``shape`` (a copy).
+
+    Raises:
+        ValueError: ``data`` does not hold numel · itemsize bytes.
+    """
+    size = torch.empty(0, dtype=dtype).element_size()
+    n = torch.Size(shape).numel()
+    raw = data.reshape(-1).to(torch.uint8)
+    if raw.numel() != n * size:
+        raise ValueError(f"{raw.numel()} bytes stored for {n} entries of {dtype}")
+    if not _LITTLE and size > 1:
+        raw = raw.view(-1, size).flip(1).reshape(-1)
+    return raw.clone().view(dtype).reshape(shape)

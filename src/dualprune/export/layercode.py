@@ -47,7 +47,7 @@ from dualprune.storage import (
     value_part,
 )
 
-__all__ = ["decode_layer", "encode_layer"]
+__all__ = ["decode_layer", "encode_layer", "stream_bytes"]
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -234,16 +234,50 @@ def decode_layer(key: str, data: Tensor, entry: dict[str, Any]) -> Tensor:
         raise CheckpointError(f"packed weight '{key}' is corrupt ({first})") from None
 
 
-def _decode(data: Tensor, entry: dict[str, Any]) -> Tensor:
+def _parse(entry: dict[str, Any]) -> tuple[tuple[int, ...], Quantization | None, str, int, int]:
+    """(shape, quantizer, index code, b_idx, m) of a manifest entry."""
     shape = tuple(int(d) for d in entry["shape"])
-    dtype = _DTYPES[entry.get("dtype", "float32")]
-    n = int(torch.Size(shape).numel())
-    width, m, kind = int(entry["b_idx"]), int(entry["m"]), entry["index"]
+    kind, width, m = entry["index"], int(entry["b_idx"]), int(entry["m"])
+    if kind not in ("none", "bitmask", "relative"):
+        raise CheckpointError(f"unknown index code {kind!r}")
+    if min((m, width, *shape), default=0) < 0 or (kind == "relative" and not 1 <= width <= 32):
+        raise CheckpointError(f"bad sizes in {entry!r}")
     q = None
     if entry.get("q") is not None:
         q = from_dict({"type": "quantization", **entry["q"]})
         if not isinstance(q, Quantization):
             raise CheckpointError(f"quantizer {entry['q']!r} is not a quantization")
+    return shape, q, kind, width, m
+
+
+def stream_bytes(entry: dict[str, Any]) -> int:
+    """Bytes of the stream that ``entry`` describes: ⌈(32·s + m·b_w + index bits)/8⌉.
+
+    The index takes n bits (bitmask), m·b_idx bits (relative) or none, as
+    :func:`encode_layer` writes it; so the stream's length follows from the entry.
+
+    Raises:
+        CheckpointError: A malformed entry.
+    """
+    try:
+        shape, q, kind, width, m = _parse(entry)
+    except CheckpointError:
+        raise
+    except (DualpruneError, ValueError, KeyError, TypeError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:120]
+        raise CheckpointError(f"malformed packed entry ({first})") from None
+    bits = SCALE_BITS * scale_count(shape, q) + m * code_bits(q)
+    if kind == "bitmask":
+        bits += torch.Size(shape).numel()
+    elif kind == "relative":
+        bits += m * width
+    return -(-bits // 8)
+
+
+def _decode(data: Tensor, entry: dict[str, Any]) -> Tensor:
+    shape, q, kind, width, m = _parse(entry)
+    dtype = _DTYPES[entry.get("dtype", "float32")]
+    n = int(torch.Size(shape).numel())
     b, s = code_bits(q), scale_count(shape, q)
     reader = BitReader(data)
     alpha = float_from_codes(reader.read(s, SCALE_BITS)) if s else torch.ones(1)
@@ -257,13 +291,11 @@ def _decode(data: Tensor, entry: dict[str, Any]) -> Tensor:
         positions = bitmask.nonzero().reshape(-1)
         if positions.numel() != m:
             raise CheckpointError(f"bitmask marks {positions.numel()} entries for {m} values")
-    elif kind == "relative":
+    else:  # relative
         gaps = reader.read(m, width) if m else torch.zeros(0, dtype=torch.int64)
         positions = torch.cumsum(gaps, 0) - 1
         if m and (int(gaps.min()) < 1 or int(positions[-1]) >= n):
             raise CheckpointError("relative indices run past the end of the weight")
-    else:
-        raise CheckpointError(f"unknown index code {kind!r}")
     if -(-reader.pos // 8) != data.numel():
         raise CheckpointError(f"{data.numel()} bytes stored for {reader.pos} bits")
     out = torch.zeros(n, dtype=dtype)

@@ -131,4 +131,32 @@ def report_run(out: str | os.PathLike[str]) -> tuple[Path, str]:
 
         with path.open("a") as f:
             f.write("\n" + hardware_markdown(hw))
+    bench_file = out / "bench.json"
+    if bench_file.is_file():
+        with path.open("a") as f:
+            f.write("\n" + speed_markdown(json.loads(bench_file.read_text())))
     return path, terminal_table(report)
+
+
+def speed_markdown(bench: dict[str, Any]) -> str:
+    """The report's speed section from ``dualprune bench``'s ``bench.json``."""
+    lines = [
+        "## Measured latency (`dualprune bench`)",
+        "",
+        "Median of repeats after warm-up, variants interleaved, fixed threads; "
+        "'realised' is the measured speedup over the MACs ratio.",
+        "",
+        "| batch | variant | threads | median ms | speedup | MACs ratio | realised |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for batch, entry in bench.get("batches", {}).items():
+        for name, v in entry["latency"]["variants"].items():
+            t = next(t for t in v["timings"] if str(t["batch_size"]) == str(batch))
+            speedup, ratio = v["speedup"][str(batch)], v.get("macs_ratio")
+            realised = f"{100 * speedup / ratio:.0f}%" if ratio else ""
+            ratio_text = f"{ratio:.2f}×" if ratio else ""
+            lines.append(
+                f"| {batch} | {name} | {v['threads']} | {t['median_ms']:.4g} | "
+                f"{speedup:.2f}× | {ratio_text} | {realised} |"
+            )
+    return "\n".join(lines) + "\n"

@@ -57,6 +57,7 @@ STAGE_FILES = (
     "report.md",
     "report.json",
     "hardware.json",
+    "bench.json",
 )
 
 

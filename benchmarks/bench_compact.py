@@ -1,47 +1,45 @@
 """Filter pruning to 2× fewer MACs: dualprune's compacted model vs Torch-Pruning's.
 
-From ONE pretrained CIFAR ResNet (ResNet-20 by default, ``--model resnet56``),
-both methods remove whole channels until the model has ``--macs-target`` (0.5)
-of the dense MACs, then train for the same budget: a first phase of
-``--solver-epochs`` (SGD Nesterov, constant lr) and a fine-tune of
-``--finetune-epochs`` (cosine lr), with the same optimizer, schedules and data
-order in both. Measured: test accuracy, parameters, MACs, and the latency of
-dense, dualprune and Torch-Pruning models timed in ONE interleaved
-``compare_latency`` call at batch 1 and 64 (``--threads``), with the speedup
-divided by the MACs ratio ("realised"; target ≥ 0.8 at batch 64).
+From ONE pretrained CIFAR ResNet (``--model resnet20`` or ``resnet56``), both
+methods remove whole channels down to ``--macs-target`` (0.5) of the dense MACs
+and then train for the same budget, with the same optimizer, schedules and data
+order: ``--solver-epochs`` at a constant lr, then ``--finetune-epochs`` with a
+cosine lr (SGD Nesterov). Measured: test accuracy, parameters, MACs, and the
+latency of dense, dualprune and Torch-Pruning models in ONE interleaved
+``compare_latency`` call at batch 1 and 64 (``--threads``): speedup, MACs ratio
+and their quotient "realised" (target ≥ 0.8 at batch 64).
 
-dualprune. The solvers take one constraint per layer (a set S_i for one weight
-W_i), so channels tied across several layers are split in two kinds, found by
-``channel_groups``:
+dualprune. A solver holds one constraint per layer weight (Π_{S_i} acts on one
+W_i); a group of coupled channels spans several tensors, so it cannot be one of
+its sets. The groups of ``channel_groups`` are therefore split in two:
 
 - chain groups (a block's ``conv1`` filters, read only by its ``conv2``): the
   solver (SLR or ADMM) drives ``Sparsity(r, "channel")`` on the reader's input
-  channels; zero input channels of ``conv2`` take ``conv1``'s filters and its
-  BatchNorm entries with them at compaction;
-- residual groups (stem, every block's ``conv2``, the downsample convs and
-  ``fc``'s inputs of a stage): hard projection W ← Π_{S_G}(W) of
-  ``project_coupled`` after every epoch of the solver phase.
+  channels; compaction removes ``conv1``'s filters and BatchNorm entries with them;
+- residual groups (stem, each block's ``conv2``, the downsample convs, ``fc``'s
+  inputs): hard projection W ← Π_{S_G}(W) (``coupled_masks``) after every epoch
+  of the solver phase.
 
-One channel ratio r serves both, found by bisection so that the compaction
-plan of the magnitude-projected pretrained model has MACs ≤ target × dense.
-After the solver phase: hard prune (solver masks ∧ coupled masks), ``compact``,
-fine-tune the small dense model.
+One channel ratio r serves both: the smallest r (bisection) at which the
+compaction plan of the magnitude-projected pretrained model has MACs ≤ target ×
+dense. After the solver phase: hard prune (solver masks ∧ coupled masks),
+``compact``, then plain fine-tuning of the small dense model.
 
-Torch-Pruning: ``MagnitudePruner`` (L2 magnitude importance, ``fc`` ignored),
-one-shot from the pretrained model, ``pruning_ratio`` by bisection so that its
-MACs (counted by ``dualprune.metrics.dense_macs``, as for dualprune) match
-dualprune's; then the two training phases without a solver.
+Torch-Pruning: ``MagnitudePruner`` (L2 magnitude, ``fc`` ignored), one-shot from
+the pretrained model, ``pruning_ratio`` by bisection to the MACs nearest
+dualprune's (both counted by ``dualprune.metrics.dense_macs``); then the same two
+training phases, without a solver.
 
 Writes benchmarks/results/compact_<model>.json and ``| compact:`` rows in
-benchmarks/results/README.md (``--out-json PATH`` writes the JSON there instead
-and leaves the README alone, for smoke runs).
+benchmarks/results/README.md; ``--out-json PATH`` writes the JSON there instead
+and leaves the README alone (smoke runs).
 
 Usage:
     python benchmarks/bench_compact.py --data-dir ../shared/data --train-samples 20000 \\
-        --pretrain-epochs 15 --solver-epochs 3 --finetune-epochs 5
+        --pretrain-epochs 12 --solver-epochs 3 --finetune-epochs 5
     python benchmarks/bench_compact.py --data-dir ../shared/data --train-samples 512 \\
         --test-samples 500 --pretrain-epochs 1 --solver-epochs 1 --finetune-epochs 1 \\
-        --repeats 3 --out-json /tmp/compact.json   # smoke test
+        --repeats 3 --work /tmp/bench-compact --out-json /tmp/compact.json  # smoke test
 """
 
 from __future__ import annotations
@@ -65,7 +63,7 @@ from torch import Tensor, nn
 
 import dualprune as dp
 from dualprune import data, models
-from dualprune.compact import compact, compaction_plan
+from dualprune.compact import CompactionPlan, compact, compaction_plan
 from dualprune.constraints.groups import ChannelGroup, channel_groups, coupled_masks
 from dualprune.latency import compare_latency
 from dualprune.metrics import dense_macs
@@ -124,35 +122,32 @@ def bisect(
 
 
 class WithCoupledProjection:
-    """A solver's hooks, plus W ← Π_{S_G}(W) on the residual groups after every epoch."""
+    """A solver's hooks (delegated), plus W ← Π_{S_G}(W) on the residual groups after
+    every epoch (its ``update``)."""
 
     def __init__(self, solver: dp.solvers.Solver, groups: list[ChannelGroup], ratio: float):
         self.solver, self.groups, self.ratio = solver, groups, ratio
 
-    @property
-    def history(self) -> list[dict[str, Any]]:
-        return self.solver.history
-
-    def regularize(self) -> None:
-        self.solver.regularize()
-
-    def step(self, loss: Tensor | float | None = None) -> dict[str, Any] | None:
-        return self.solver.step(loss)
+    def __getattr__(self, name: str) -> Any:  # history, regularize, step, state_dict, ...
+        return getattr(self.solver, name)
 
     def update(self, train_loss: float | None = None) -> dict[str, Any] | None:
         record = self.solver.update(train_loss)
         params = dict(self.solver.model.named_parameters())
-        masks = coupled_masks(params, self.groups, self.ratio)
         with torch.no_grad():
-            for name, keep in masks.items():
+            for name, keep in coupled_masks(params, self.groups, self.ratio).items():
                 params[name].mul_(keep)
         return record
 
-    def state_dict(self) -> dict[str, Any]:
-        return self.solver.state_dict()
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.solver.load_state_dict(state)
+def tp_prune(dense: nn.Module, x: Tensor, ratio: float) -> nn.Module:
+    """A copy of ``dense`` pruned one-shot by Torch-Pruning's MagnitudePruner (L2, fc kept)."""
+    m = copy.deepcopy(dense).eval()
+    importance = tp.importance.MagnitudeImportance(p=2)
+    tp.pruner.MagnitudePruner(
+        m, x, importance=importance, pruning_ratio=ratio, ignored_layers=[m.fc]
+    ).step()
+    return m
 
 
 def n_params(model: nn.Module) -> int:
@@ -171,7 +166,7 @@ def main() -> None:
     p.add_argument("--train-samples", type=int, default=None)
     p.add_argument("--test-samples", type=int, default=None)
     p.add_argument("--pretrained", default=None, help="checkpoint.pt, run dir or .safetensors")
-    p.add_argument("--pretrain-epochs", type=int, default=15)
+    p.add_argument("--pretrain-epochs", type=int, default=12)
     p.add_argument("--pretrain-lr", type=float, default=0.1)
     p.add_argument("--macs-target", type=float, default=0.5, help="MACs after / dense MACs")
     p.add_argument("--solver", default="slr", choices=["slr", "admm"])
@@ -239,47 +234,47 @@ def main() -> None:
         return compaction_plan(dense, x2, channel_masks(dense, readers, residual, r)).macs_after
 
     t0 = time.perf_counter()
-    ratio = bisect(plan_macs, target, hi=0.95, steps=10)[1]
+    ratio = bisect(plan_macs, target, hi=0.95, steps=8)[1]
     print(f"channel ratio r = {ratio:.4f} ({time.perf_counter() - t0:.1f} s of bisection)")
     model = copy.deepcopy(dense).train()
     plan = {n: dp.Sparsity(ratio, "channel") for n in readers}
-    if args.solver == "slr":
-        solver = SLR(model, plan, rho=args.rho)
-    else:
-        solver = ADMM(model, plan, rho=args.rho)
+    solver = (SLR if args.solver == "slr" else ADMM)(model, plan, rho=args.rho)
     hooks = WithCoupledProjection(solver, residual, ratio)
-    fit(model, train_loader(1), test_loader, phase1, work / "dp-solver", meta=meta, solver=hooks)
+    curves = {}  # test accuracy per epoch of every training phase
+    curves["dualprune solver"] = fit(
+        model, train_loader(1), test_loader, phase1, work / "dp-solver", meta=meta, solver=hooks
+    )
     hard = solver.hard_prune()  # conv2 input channels first, then score the residual groups
     masks = channel_masks(model, readers, residual, ratio, per_layer=hard)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         small = compact(model.eval(), x2, masks)
     leftovers = [str(w.message) for w in caught]
-    cplan = compaction_plan(model, x2, masks)
+    cplan = CompactionPlan.from_dict(small.dualprune_compaction)
     print(str(cplan).splitlines()[-1], *leftovers, sep="\n")
     dp_hard_acc = evaluate(small, test_loader)["acc"]
-    fit(small, train_loader(2), test_loader, phase2, work / "dp-finetune", meta=meta)
+    curves["dualprune fine-tune"] = fit(
+        small, train_loader(2), test_loader, phase2, work / "dp-finetune", meta=meta
+    )
 
     # 3. Torch-Pruning: one-shot magnitude pruning to the same MACs, same training budget
-    def tp_prune(r: float) -> nn.Module:
-        m = copy.deepcopy(dense).eval()
-        pruner = tp.pruner.MagnitudePruner(
-            m, x2, importance=tp.importance.MagnitudeImportance(p=2), pruning_ratio=r,
-            ignored_layers=[m.fc],
-        )  # fmt: skip
-        pruner.step()
-        return m
-
     dp_macs = macs_of(small, x2)
-    # the ratio whose MACs are nearest dualprune's, on either side
-    bounds = bisect(lambda r: macs_of(tp_prune(r), x2), dp_macs, hi=0.95, steps=12)
-    tp_ratio = min(bounds, key=lambda r: abs(macs_of(tp_prune(r), x2) - dp_macs))
-    tp_model = tp_prune(tp_ratio)
+
+    def tp_macs_at(r: float) -> int:
+        return macs_of(tp_prune(dense, x2, r), x2)
+
+    bounds = bisect(tp_macs_at, dp_macs, hi=0.95, steps=12)  # nearest on either side
+    tp_ratio = min(bounds, key=lambda r: abs(tp_macs_at(r) - dp_macs))
+    tp_model = tp_prune(dense, x2, tp_ratio)
     tp_macs = macs_of(tp_model, x2)
     print(f"torch-pruning ratio {tp_ratio:.4f}: {tp_macs / 1e6:.2f}M MACs vs {dp_macs / 1e6:.2f}M")
     tp_hard_acc = evaluate(tp_model, test_loader)["acc"]
-    fit(tp_model, train_loader(1), test_loader, phase1, work / "tp-phase1", meta=meta)
-    fit(tp_model, train_loader(2), test_loader, phase2, work / "tp-phase2", meta=meta)
+    curves["torch-pruning phase 1"] = fit(
+        tp_model, train_loader(1), test_loader, phase1, work / "tp-phase1", meta=meta
+    )
+    curves["torch-pruning fine-tune"] = fit(
+        tp_model, train_loader(2), test_loader, phase2, work / "tp-phase2", meta=meta
+    )
 
     # 4. accuracy and latency of all three
     variants = {"dense": dense, "dualprune": small, "torch-pruning": tp_model}
@@ -336,6 +331,7 @@ def main() -> None:
         "compaction_plan": cplan.as_dict(),
         "compaction_warnings": leftovers,
         "solver_history": solver.history,
+        "training": curves,
         "wall_s": time.perf_counter() - t_start,
         "results": results,
     }

@@ -26,8 +26,10 @@ from dualprune.export import (
     save_torch,
 )
 from dualprune.export.bits import BitReader, BitWriter, float_codes, float_from_codes
-from dualprune.export.layercode import decode_layer, encode_layer
+from dualprune.export.layercode import decode_layer, encode_layer, stream_bytes
+from dualprune.export.manifest import Record, decode_manifest, encode_manifest
 from dualprune.export.onnx import onnx_outputs
+from dualprune.export.packed import FORMAT, PAYLOAD
 from dualprune.export.torchfmt import changed_layers
 from dualprune.masks import Masks
 from dualprune.storage import layer_storage, model_storage
@@ -156,7 +158,11 @@ def test_layer_round_trip_is_exact_and_as_large_as_counted(
     assert storage == layer_storage(w, q)
     assert data.numel() == storage.bytes
     assert entry["index"] == storage.index_kind
-    back = decode_layer("w", data, json.loads(json.dumps(entry)))
+    manifest, _ = encode_manifest([Record("w", shape, w.dtype, layer=entry)])
+    (record,), length = decode_manifest(manifest)  # the entry through its binary form
+    assert length == len(manifest) and record.layer == {"dtype": "float32", **entry}
+    assert stream_bytes(record.layer) == storage.bytes  # the stream's length follows
+    back = decode_layer("w", data, record.layer)
     assert back.dtype == w.dtype and torch.equal(back, w)
 
 
@@ -203,41 +209,125 @@ def test_layer_with_float64_weight_is_refused() -> None:
         encode_layer("w", torch.ones(3, dtype=torch.float64), None)
 
 
+# ---- manifest ----------------------------------------------------------------------------
+
+
+ODD_RECORDS = [
+    Record("weight", (3, 4), torch.float32),  # module "" (a bare layer)
+    Record("bias", (3,), torch.float32),  # default shape: the weight's first dimension
+    Record("a.b.in_proj_weight", (3,), torch.float64),  # a leaf outside LEAVES
+    Record("a.b.num_batches_tracked", (), torch.int64, value=-5),
+    Record("a.b.weight", (2, 0), torch.bfloat16),  # an empty tensor
+    Record("a.bx.flag", (4,), torch.bool),  # front coded against "a.b"
+    Record("a.bx.steps", (), torch.int64, value=2**62),  # a varint of 9 bytes
+    Record("a.bx.t", (), torch.float32),  # a float scalar: an explicit rank 0
+    Record("é.ü", (1, 1, 1), torch.uint8),  # UTF-8 names
+]
+
+
+def test_manifest_round_trip_of_odd_records() -> None:
+    manifest, ordered = encode_manifest(ODD_RECORDS)
+    back, length = decode_manifest(manifest + b"payload bytes")
+    assert length == len(manifest) and back == ordered
+    assert sorted(r.key for r in back) == sorted(r.key for r in ODD_RECORDS)
+    assert [r.key for r in ordered][2:4] == ["a.b.weight", "a.b.num_batches_tracked"]  # LEAVES
+    for cut in range(len(manifest)):  # every proper prefix is refused
+        with pytest.raises(CheckpointError, match="manifest is corrupt"):
+            decode_manifest(manifest[:cut])
+
+
+def test_manifest_is_a_few_bytes_a_tensor() -> None:
+    """A bias after its weight costs one byte; a BatchNorm with its counter, a dozen."""
+    layer = {"shape": [20, 1, 5, 5], "q": {"levels": "ternary", "scale": "tensor"},
+             "index": "relative", "b_idx": 7, "m": 300}  # fmt: skip
+    conv = [Record("conv1.weight", (20, 1, 5, 5), torch.float32, layer=layer),
+            Record("conv1.bias", (20,), torch.float32)]  # fmt: skip
+    bn = [Record(f"bn1.{leaf}", (20,), torch.float32)
+          for leaf in ("weight", "bias", "running_mean", "running_var")]  # fmt: skip
+    bn.append(Record("bn1.num_batches_tracked", (), torch.int64, value=100))
+    # G, name (2 + 5), leaves, flags, shape (1 + 4), q, code, m (2), bias flags
+    assert len(encode_manifest(conv)[0]) == 1 + 7 + 1 + 1 + 5 + 1 + 1 + 2 + 1
+    # name (shared, length, "bn1"), leaves, 4 × flags, flags + value (zigzag 200: 2 bytes)
+    assert len(encode_manifest(conv + bn)[0]) - len(encode_manifest(conv)[0]) == 5 + 1 + 4 + 3
+
+
+def test_manifest_refuses_what_it_cannot_hold() -> None:
+    with pytest.raises(ConfigError, match="complex64"):
+        encode_manifest([Record("w", (2,), torch.complex64)])
+    with pytest.raises(ConfigError, match="'.w' cannot be stored"):
+        encode_manifest([Record(".w", (2,), torch.float32)])
+    with pytest.raises(ConfigError, match="cannot be held as a value"):
+        encode_manifest([Record("w", (2,), torch.int64, value=3)])
+    manifest, _ = encode_manifest([Record("w", (2,), torch.float32)])
+    with pytest.raises(CheckpointError, match="dtype code 15"):
+        decode_manifest(manifest[:-3] + bytes([manifest[-3] | 0x0F]) + manifest[-2:])
+
+
 # ---- packed files -------------------------------------------------------------------------
 
 
+def _payload_size(path: Path) -> int:
+    """The file is plain safetensors with one uint8 tensor: its length."""
+    with safe_open(str(path), framework="pt") as f:
+        assert list(f.keys()) == [PAYLOAD] and f.metadata() == {"format": FORMAT}
+        (size,) = f.get_slice(PAYLOAD).get_shape()
+    return size
+
+
 @pytest.mark.parametrize(
-    "constraint",
-    [Sparsity(0.95) & Quantization(bits=3), Sparsity(0.95)],
-    ids=["3bit", "fp32"],
+    ("constraint", "figure_bytes"),
+    [
+        (Sparsity(0.95) & Quantization(bits=3), 27_567),
+        (Sparsity(0.95), 107_431),
+        (Sparsity(0.997) & Quantization(levels="ternary"), 4_364),  # 1.3K of 430.5K weights
+    ],
+    ids=["3bit", "fp32", "ternary-300x"],
 )
-def test_packed_lenet5_matches_storage_figure(tmp_path: Path, constraint: object) -> None:
-    """Full LeNet-5 (430.5K weights) at 95% sparsity: the file is the report's figure ±5%."""
+def test_packed_lenet5_matches_storage_figure(
+    tmp_path: Path, constraint: object, figure_bytes: int
+) -> None:
+    """Full LeNet-5 (430.5K weights): the file is the report's figure within 5%, even at 4 kB."""
     model, masks, cons = _compressed("lenet5", constraint)
     path = tmp_path / "lenet5.packed.safetensors"
     info = save_packed(model, path, masks=masks, constraints=cons)
     figure = model_storage(model, cons)
-    assert info.storage.bytes == figure.bytes
+    assert info.storage.bytes == figure.bytes == figure_bytes
     assert info.file_bytes == path.stat().st_size
     assert info.packed_bytes == figure.prunable_bytes  # every layer exactly its bytes
     assert info.other_bytes == figure.other_bits // 8  # biases at fp32, no integer buffers
-    assert 0 < info.header_bytes < 1400
-    assert abs(info.file_bytes / figure.bytes - 1) < 0.05
-    with safe_open(str(path), framework="pt") as f:
-        for name, s in figure.layers.items():
-            assert f.get_slice(f"packed/{name}.weight").get_shape() == [s.bytes]
+    assert info.overhead_bytes == info.header_bytes  # nothing but the header on top
+    assert info.manifest_bytes <= 80 and info.header_bytes <= 200  # 120 B of safetensors
+    assert info.file_bytes <= 1.05 * figure.bytes
+    size = _payload_size(path)
+    assert size == info.manifest_bytes + info.packed_bytes + info.other_bytes
+    manifest = read_manifest(path)
+    for name, s in figure.layers.items():
+        assert manifest[f"{name}.weight"]["bytes"] == s.bytes
     _same_state(load_packed(path, models.create("lenet5")), model)
 
 
 def test_packed_load_without_model_gives_the_state_dict(tmp_path: Path) -> None:
     model, masks, cons = _compressed("lenet5", Sparsity(0.9) & Quantization(bits=4), image_size=16)
-    save_packed(model, tmp_path / "m.safetensors", masks=masks, constraints=cons)
+    info = save_packed(model, tmp_path / "m.safetensors", masks=masks, constraints=cons)
     state = load_packed(tmp_path / "m.safetensors")
     assert isinstance(state, dict)
     _same_state(state, model)
     manifest = read_manifest(tmp_path / "m.safetensors")
-    assert sorted(manifest) == [f"{n}.weight" for n in sorted(LENET_LAYERS)]
+    assert sorted(manifest) == sorted(model.state_dict())
+    packed = sorted(k for k, e in manifest.items() if "index" in e)
+    assert packed == [f"{n}.weight" for n in sorted(LENET_LAYERS)]
     assert manifest["fc1.weight"]["q"] == {"bits": 4, "scale": "tensor"}
+    assert manifest["fc1.bias"] == {
+        "shape": [500],
+        "dtype": "float32",
+        "offset": manifest["fc1.weight"]["offset"] + manifest["fc1.weight"]["bytes"],
+        "bytes": 2000,
+    }
+    offset = info.manifest_bytes  # the streams follow the manifest back to back
+    for entry in manifest.values():
+        assert entry["offset"] == offset
+        offset += entry["bytes"]
+    assert offset == _payload_size(tmp_path / "m.safetensors")
 
 
 @pytest.mark.parametrize(
@@ -268,25 +358,63 @@ def test_packed_masks_alone_give_the_quantizers(tmp_path: Path) -> None:
     ids=["fp32", "ternary-channel"],
 )
 def test_packed_resnet_with_batchnorm(tmp_path: Path, constraint: object) -> None:
-    """ResNet-20: data exactly the storage figure; the header is the fixed overhead."""
+    """ResNet-20: data exactly the storage figure; the header well within 5% of it."""
     model, masks, cons = _compressed("resnet20", constraint)
     model.train()
     model(torch.randn(4, 3, 8, 8))  # non-trivial running statistics (small images: fast)
     model.eval()
+    model.layer3[2].bn2.num_batches_tracked.fill_(123_456)  # a varint of three bytes
     info = save_packed(model, tmp_path / "r.safetensors", masks=masks, constraints=cons)
-    state = model.state_dict()
-    int_bytes = sum(8 for t in state.values() if not t.is_floating_point())  # num_batches_tracked
     assert info.packed_bytes == info.storage.prunable_bytes
-    assert info.other_bytes == info.storage.other_bits // 8 + int_bytes
-    layers = len(info.storage.layers)
-    assert info.header_bytes < 100 * (len(state)) + 150 * layers  # ≈ 85 B a tensor, 125 a layer
-    if info.storage.bytes > 300_000:  # fp32 at 70%: large enough for the header not to matter
-        assert info.overhead_bytes < 0.05 * info.storage.bytes
+    assert info.other_bytes == info.storage.other_bits // 8  # counters are in the manifest
+    assert info.overhead_bytes == info.header_bytes <= 1000  # 128 tensors, 22 packed
+    assert info.file_bytes <= 1.05 * info.storage.bytes
+    manifest = read_manifest(tmp_path / "r.safetensors")
+    assert manifest["layer3.2.bn2.num_batches_tracked"] == {
+        "shape": [],
+        "dtype": "int64",
+        "value": 123_456,
+    }
     fresh = load_packed(tmp_path / "r.safetensors", models.create("resnet20")).eval()
     _same_state(fresh, model)
     x = torch.randn(2, 3, 8, 8)
     with torch.no_grad():
         assert torch.equal(fresh(x), model(x))
+
+
+class _OddState(nn.Module):
+    """State-dict entries beyond weights and biases: scalars, integer and bool buffers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(12, 8)
+        self.bn = nn.BatchNorm1d(8)
+        self.head = nn.Linear(8, 3, bias=False).to(torch.bfloat16)
+        self.emb = nn.Embedding(5, 2)
+        self.temperature = nn.Parameter(torch.tensor(0.5))
+        self.register_buffer("steps", torch.tensor(-3))
+        self.register_buffer("table", torch.arange(5, dtype=torch.int32))
+        self.register_buffer("keep", torch.tensor([True, False, True]))
+        self.register_buffer("ref", torch.randn(2, 2, dtype=torch.float64))
+
+
+def test_packed_odd_state_round_trip(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = _OddState()
+    model.bn.num_batches_tracked.fill_(300)
+    cons = {"fc": Sparsity(0.75) & Quantization(levels=[-1.0, -0.25, 0.0, 0.5])}
+    masks = Masks.from_constraints(model, cons)
+    masks.apply(model)
+    info = save_packed(model, tmp_path / "m.safetensors", masks=masks, constraints=cons)
+    _same_state(load_packed(tmp_path / "m.safetensors"), model)
+    manifest = read_manifest(tmp_path / "m.safetensors")
+    assert manifest["steps"]["value"] == -3 and manifest["bn.num_batches_tracked"]["value"] == 300
+    assert manifest["head.weight"]["dtype"] == "bfloat16"
+    assert manifest["fc.weight"]["q"]["levels"] == [-1.0, -0.25, 0.0, 0.5]
+    assert info.other_bytes == sum(
+        t.numel() * t.element_size() for k, t in model.state_dict().items()
+        if k not in ("fc.weight", "head.weight", "steps", "bn.num_batches_tracked")
+    )  # fmt: skip
 
 
 def test_packed_unconstrained_layers_are_stored_dense(tmp_path: Path) -> None:
@@ -306,13 +434,16 @@ def test_packed_rejects_bad_input(tmp_path: Path) -> None:
         save_packed(model, tmp_path / "m.safetensors", constraints={"fc1": Quantization(bits=3)})
     with pytest.raises(ConfigError, match="does not exist"):
         save_packed(model, tmp_path / "no" / "m.safetensors")
+    model.register_buffer("phase", torch.zeros(2, dtype=torch.complex64))
+    with pytest.raises(ConfigError, match="'phase' has dtype torch.complex64"):
+        save_packed(model, tmp_path / "m.safetensors")
     assert not list(tmp_path.iterdir())  # nothing half-written
 
 
 def test_packed_load_errors(tmp_path: Path) -> None:
     model, masks, cons = _compressed("lenet5", Sparsity(0.9) & Quantization(bits=3), image_size=16)
     path = tmp_path / "m.safetensors"
-    save_packed(model, path, masks=masks, constraints=cons)
+    info = save_packed(model, path, masks=masks, constraints=cons)
     with pytest.raises(CheckpointError, match="does not fit LeNet5"):
         load_packed(path, models.create("lenet5"))  # 28×28: fc1 is larger
     with pytest.raises(CheckpointError, match="does not exist"):
@@ -326,12 +457,24 @@ def test_packed_load_errors(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="not a dualprune packed file"):
         load_packed(other)
     with safe_open(str(path), framework="pt") as f:
-        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
-    tensors["packed/fc1.weight"] = tensors["packed/fc1.weight"][:-1]  # a stream one byte short
+        payload = f.get_tensor(PAYLOAD)
     bad = tmp_path / "bad.safetensors"
-    save_file(tensors, str(bad), metadata=meta)
+    save_file({PAYLOAD: payload}, str(bad), metadata={"format": "dualprune.packed/1"})
+    with pytest.raises(CheckpointError, match="format: 'dualprune.packed/1'"):
+        read_manifest(bad)
+    save_file({PAYLOAD: payload[:-1]}, str(bad), metadata={"format": FORMAT})  # a byte short
+    with pytest.raises(CheckpointError, match="payload has .* its manifest describes"):
+        load_packed(bad)
+    save_file({PAYLOAD: payload[:20]}, str(bad), metadata={"format": FORMAT})
+    with pytest.raises(CheckpointError, match="manifest is corrupt"):
+        load_packed(bad)
+    entry = read_manifest(path)["fc1.weight"]
+    broken = payload.clone()
+    broken[entry["offset"] : entry["offset"] + entry["bytes"]] = 255  # gaps run past the end
+    save_file({PAYLOAD: broken}, str(bad), metadata={"format": FORMAT})
     with pytest.raises(CheckpointError, match=r"packed weight 'fc1\.weight' is corrupt"):
         load_packed(bad)
+    assert payload.numel() == info.manifest_bytes + info.packed_bytes + info.other_bytes
 
 
 # ---- torch format -------------------------------------------------------------------------

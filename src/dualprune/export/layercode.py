@@ -227,8 +227,6 @@ def decode_layer(key: str, data: Tensor, entry: dict[str, Any]) -> Tensor:
     """
     try:
         return _decode(data, entry)
-    except CheckpointError:
-        raise
     except (DualpruneError, ValueError, KeyError, TypeError, IndexError, RuntimeError) as err:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:120]
         raise CheckpointError(f"packed weight '{key}' is corrupt ({first})") from None

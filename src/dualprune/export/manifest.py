@@ -193,6 +193,8 @@ def encode_manifest(records: list[Record]) -> tuple[bytes, list[Record]]:
 
 def _write_record(out: _Out, r: Record, dim: int | None) -> int | None:
     """Write one record; returns the first dimension that the next default shape uses."""
+    if r.value is not None and not Record.inline(r.dtype, r.shape):
+        raise ConfigError(f"'{r.key}' ({r.dtype}, shape {r.shape}) cannot be held as a value")
     flags = DTYPES.index(r.dtype)
     default = len(r.shape) == 1 and r.shape[0] == dim
     if r.value is not None:

@@ -1,26 +1,26 @@
 """The packed format: a compressed model on disk, as large as its storage figure says (§4).
 
-One ``.safetensors`` file (docs/export.md)::
+One ``.safetensors`` file (docs/export.md) with one uint8 tensor, ``payload``::
 
-    packed/<name>.weight   uint8, the bit stream of each prunable layer (Conv1d, Conv2d,
-                           Linear): scales, values at b_w bits, index
-                           (:mod:`~dualprune.export.layercode`)
-    <key>                  every other state_dict entry as it is: biases, BatchNorm
-                           γ/β and running statistics (fp32), num_batches_tracked
-    metadata               {"format": FORMAT, "layers": JSON {<name>.weight: entry}}
+    payload    manifest   (:mod:`~dualprune.export.manifest`): names, shapes, dtypes,
+                          quantizers, index codes, integer scalars
+               streams    for each entry of the manifest, in its order: the bit stream
+                          of a prunable layer (Conv1d, Conv2d, Linear; scales, values
+                          at b_w bits, index: :mod:`~dualprune.export.layercode`) or
+                          the little-endian bytes of any other tensor (biases,
+                          BatchNorm γ/β and running statistics)
+    metadata   {"format": FORMAT}
 
-The manifest sits in the safetensors metadata, so one file is the whole model.
-Each layer's stream has exactly ``layer_storage(W, constraint).bytes`` bytes, so the
-data of the file is :func:`~dualprune.storage.model_storage`'s ``bytes`` plus the
-integer buffers (8 bytes per BatchNorm) that it does not count; the rest is the
-safetensors header (about 85 bytes per tensor plus about 110 bytes of manifest
-per prunable layer: 1.1 kB for LeNet-5, 13 kB for ResNet-20). Nothing is
-unpickled on load.
+Each layer's stream has exactly ``layer_storage(W, constraint).bytes`` bytes and
+every other float tensor its 4 bytes an entry, so the data of the file is
+:func:`~dualprune.storage.model_storage`'s ``bytes``; offsets are not stored, they
+follow from the manifest. The rest is fixed: the safetensors header (120 bytes
+with one tensor) and the manifest (LeNet-5: about 65 bytes, ResNet-20: 680), which
+also holds ``num_batches_tracked`` as varints. Nothing is unpickled on load.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from collections.abc import Mapping
@@ -35,17 +35,19 @@ from torch import Tensor, nn
 
 from dualprune.constraints import Constraint
 from dualprune.errors import CheckpointError, ConfigError, did_you_mean
-from dualprune.export.layercode import decode_layer, encode_layer
+from dualprune.export.bits import tensor_bytes, tensor_from_bytes
+from dualprune.export.layercode import decode_layer, encode_layer, stream_bytes
+from dualprune.export.manifest import Record, decode_manifest, encode_manifest
 from dualprune.masks import Masks
 from dualprune.plan import prunable_layers
 from dualprune.storage import ModelStorage, Storage, model_storage
 
-__all__ = ["FORMAT", "PACKED_PREFIX", "PackedInfo", "load_packed", "read_manifest", "save_packed"]
+__all__ = ["FORMAT", "PAYLOAD", "PackedInfo", "load_packed", "read_manifest", "save_packed"]
 
 #: ``format`` entry of a packed file's metadata.
-FORMAT = "dualprune.packed/1"
-#: Prefix of the tensor holding a packed weight.
-PACKED_PREFIX = "packed/"
+FORMAT = "dualprune.packed/2"
+#: Name of the one tensor of a packed file.
+PAYLOAD = "payload"
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,9 @@ class PackedInfo:
         storage: The storage figure of the model (:func:`~dualprune.storage.model_storage`
             with the same constraints), per layer and in total.
         packed_bytes: Bytes of the packed layer streams (= ``storage.prunable_bytes``).
-        other_bytes: Bytes of every other tensor (biases, BatchNorm, integer buffers).
+        other_bytes: Bytes of every other tensor stored in the payload (biases,
+            BatchNorm γ/β and running statistics); integer scalars are in the manifest.
+        manifest_bytes: Bytes of the manifest at the start of the payload.
     """
 
     path: Path
@@ -66,15 +70,16 @@ class PackedInfo:
     storage: ModelStorage
     packed_bytes: int
     other_bytes: int
+    manifest_bytes: int
 
     @property
     def header_bytes(self) -> int:
-        """The safetensors header with the manifest: file − data."""
+        """Everything but the data: the safetensors header plus the manifest."""
         return self.file_bytes - self.packed_bytes - self.other_bytes
 
     @property
     def overhead_bytes(self) -> int:
-        """file_bytes − storage.bytes: header and integer buffers."""
+        """file_bytes − storage.bytes (the header, when every other tensor is fp32)."""
         return self.file_bytes - self.storage.bytes
 
     @property
@@ -91,6 +96,7 @@ class PackedInfo:
             "dense_bytes": self.dense_bytes,
             "packed_bytes": self.packed_bytes,
             "other_bytes": self.other_bytes,
+            "manifest_bytes": self.manifest_bytes,
             "header_bytes": self.header_bytes,
             "overhead_bytes": self.overhead_bytes,
             "layers": {
@@ -159,7 +165,8 @@ def save_packed(
     Every prunable layer is stored in the cheapest code of
     :func:`~dualprune.storage.layer_storage` (none, bitmask or relative indices
     with padding) with its values at b_w bits and its scales α, so that the file
-    holds ``model_storage(model, constraints).bytes`` of data (§4).
+    holds ``model_storage(model, constraints).bytes`` of data (§4) plus 120 bytes
+    of safetensors header and the manifest (tens of bytes a layer at most).
 
     Args:
         model: The model after the hard prune (its zeros are the pruned entries).
@@ -174,7 +181,8 @@ def save_packed(
 
     Raises:
         ConfigError: A constraint key that is no prunable layer, a quantized weight
-            that is not on its grid, or a weight that is not fp32/fp16/bf16.
+            that is not on its grid, a weight that is not fp32/fp16/bf16, or a
+            tensor of a dtype the format does not hold (complex, fp8).
 
     Example:
         >>> info = save_packed(model, "model.packed.safetensors", masks=masks)
@@ -185,50 +193,108 @@ def save_packed(
         raise ConfigError(f"cannot write '{path}': directory '{path.parent}' does not exist")
     chosen = _layer_constraints(model, masks, constraints)
     scales = masks.scales if masks is not None else {}
-    tensors: dict[str, Tensor] = {}
-    manifest: dict[str, dict[str, Any]] = {}
+    data: dict[str, Tensor] = {}
+    entries: dict[str, tuple[dict[str, Any], torch.dtype]] = {}
     layers: dict[str, Storage] = {}
     for name, module in prunable_layers(model).items():
         key = _weight_key(name)
-        data, entry, storage = encode_layer(key, module.weight, chosen.get(name), scales.get(key))
-        tensors[PACKED_PREFIX + key], manifest[key], layers[name] = data, entry, storage
-    packed = sum(t.numel() for t in tensors.values())
-    other = 0
+        data[key], entry, layers[name] = encode_layer(
+            key, module.weight, chosen.get(name), scales.get(key)
+        )
+        entries[key] = entry, module.weight.dtype
+    records: list[Record] = []
     for key, t in model.state_dict().items():
-        if key not in manifest:
-            tensors[key] = t.detach().cpu().contiguous().clone()
-            other += t.numel() * t.element_size()
-    meta = {"format": FORMAT, "layers": json.dumps(manifest, separators=(",", ":"))}
-    blob = safetensors_bytes(tensors, meta)
+        if key in entries:
+            entry, dtype = entries.pop(key)
+            records.append(Record(key, tuple(entry["shape"]), dtype, layer=entry))
+        elif Record.inline(t.dtype, tuple(t.shape)):
+            records.append(Record(key, (), t.dtype, value=int(t)))
+        else:
+            records.append(Record(key, tuple(t.shape), t.dtype))
+            data[key] = t
+    for key, (entry, dtype) in entries.items():  # a prunable weight outside the state dict
+        records.append(Record(key, tuple(entry["shape"]), dtype, layer=entry))
+    manifest, ordered = encode_manifest(records)
+    parts = [torch.frombuffer(bytearray(manifest), dtype=torch.uint8)]
+    packed = other = 0
+    for r in ordered:
+        if r.key not in data:
+            continue
+        part = data[r.key] if r.layer is not None else tensor_bytes(data[r.key])
+        parts.append(part)
+        packed += part.numel() if r.layer is not None else 0
+        other += part.numel() if r.layer is None else 0
+    blob = safetensors_bytes({PAYLOAD: torch.cat(parts)}, {"format": FORMAT})
     write_atomic(path, blob)
     storage = model_storage(model, chosen, layers=layers)
-    return PackedInfo(path, len(blob), storage, packed, other)
+    return PackedInfo(path, len(blob), storage, packed, other, len(manifest))
 
 
-def _read(path: Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
+def _payload_bytes(r: Record) -> int:
+    """Bytes of ``r`` in the payload: its stream, numel · itemsize, or 0 (held in the manifest)."""
+    if r.layer is not None:
+        return stream_bytes(r.layer)
+    return 0 if r.value is not None else torch.Size(r.shape).numel() * r.dtype.itemsize
+
+
+def _read(path: Path) -> tuple[list[tuple[Record, Tensor]], int]:
+    """Each record of a packed file with its bytes in the payload, and the manifest's length."""
     origin = f"packed file '{path}'"
     if not path.is_file():
         raise CheckpointError(f"{origin} does not exist")
     try:
         with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
-        manifest = json.loads(meta.get("layers", "{}"))
-    except Exception as err:  # safetensors and json raise several types
+            meta, keys = f.metadata() or {}, list(f.keys())
+            payload = f.get_tensor(PAYLOAD) if keys == [PAYLOAD] else None
+    except Exception as err:  # safetensors raises several types
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise CheckpointError(f"{origin} is truncated or corrupt ({first[:120]})") from None
-    if meta.get("format") != FORMAT or not isinstance(manifest, dict):
-        raise CheckpointError(f"{origin} is not a dualprune packed file (format '{FORMAT}')")
-    return manifest, tensors
+    if meta.get("format") != FORMAT or payload is None or payload.dtype != torch.uint8:
+        found = meta.get("format", "none")
+        raise CheckpointError(
+            f"{origin} is not a dualprune packed file of format '{FORMAT}' (format: '{found}')"
+        )
+    try:
+        records, start = decode_manifest(memoryview(payload.numpy()))
+    except CheckpointError as err:
+        raise CheckpointError(f"{origin}: {err}") from None
+    sizes = [_payload_bytes(r) for r in records]
+    if start + sum(sizes) != payload.numel():
+        raise CheckpointError(
+            f"{origin} is truncated or corrupt: its payload has {payload.numel()} bytes, "
+            f"its manifest describes {start + sum(sizes)}"
+        )
+    out, offset = [], start
+    for r, n in zip(records, sizes, strict=True):
+        out.append((r, payload[offset : offset + n]))
+        offset += n
+    return out, start
 
 
 def read_manifest(path: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
-    """The per-layer manifest of a packed file: shape, dtype, quantizer, code widths.
+    """The manifest of a packed file, expanded: state-dict key → what is stored for it.
+
+    A packed weight gives ``shape``, ``dtype``, ``q`` (its quantizer, as
+    ``Quantization.to_dict()`` without ``type``; absent for fp32 values), ``index``
+    (none, bitmask, relative), ``b_idx``, ``m`` (stored values), ``offset`` and
+    ``bytes`` in the payload; another tensor ``shape``, ``dtype``, ``offset`` and
+    ``bytes``, or ``value`` for an integer scalar held in the manifest.
 
     Raises:
         CheckpointError: The file is missing, corrupt or not a packed file.
     """
-    return _read(Path(path))[0]
+    entries, offset = _read(Path(path))
+    out: dict[str, dict[str, Any]] = {}
+    for r, data in entries:
+        entry = dict(r.layer) if r.layer is not None else {"shape": list(r.shape)}
+        entry["dtype"] = str(r.dtype).removeprefix("torch.")
+        if r.value is not None:
+            entry["value"] = r.value
+        else:
+            entry.update(offset=offset, bytes=data.numel())
+        offset += data.numel()
+        out[r.key] = entry
+    return out
 
 
 def load_packed(
@@ -249,20 +315,20 @@ def load_packed(
             weights do not fit ``model``.
     """
     path = Path(path)
-    manifest, tensors = _read(path)
     state: dict[str, Tensor] = {}
-    for key, t in tensors.items():
-        if not key.startswith(PACKED_PREFIX):
-            state[key] = t
-            continue
-        name = key[len(PACKED_PREFIX) :]
-        entry = manifest.get(name)
-        if not isinstance(entry, dict) or t.dtype != torch.uint8:
-            raise CheckpointError(f"packed file '{path}': no manifest entry for '{name}'")
-        state[name] = decode_layer(name, t, entry)
-    missing = sorted(set(manifest) - set(state))
-    if missing:
-        raise CheckpointError(f"packed file '{path}': packed weights {missing} are missing")
+    for r, data in _read(path)[0]:
+        try:
+            if r.layer is not None:
+                state[r.key] = decode_layer(r.key, data, r.layer)
+            elif r.value is not None:
+                state[r.key] = torch.tensor(r.value, dtype=r.dtype)
+            else:
+                state[r.key] = tensor_from_bytes(data, r.dtype, r.shape)
+        except CheckpointError as err:
+            raise CheckpointError(f"packed file '{path}': {err}") from None
+        except (ValueError, RuntimeError) as err:
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:120]
+            raise CheckpointError(f"packed file '{path}': '{r.key}' is corrupt ({first})") from None
     if model is None:
         return state
     try:

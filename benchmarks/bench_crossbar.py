@@ -55,7 +55,8 @@ import shlex
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,7 @@ from torch import Tensor, nn
 
 from dualprune import data
 from dualprune.hardware import (
+    ChipsResult,
     CrossbarSpec,
     DeviceNoise,
     Faults,
@@ -190,54 +192,126 @@ def variation_rms(
     return out
 
 
-class WeightNoise:
-    """Training-time Gaussian weight noise: W + σ_l·N(0, 1) on kept weights, per forward.
+def fault_levels(q: Tensor, faults: Faults, spec: CrossbarSpec) -> Tensor:
+    """The levels a chip with these stuck cells reads for levels q (differential mapping).
 
-    A forward pre-hook swaps the module's weight for W + noise (a tensor that
-    backpropagates into W) in training mode only; a forward hook puts W back.
-    Register after Masks and pins, so that the noise goes on the enforced weight.
+    Each digit ℓ^±_s = ⌊q^± / 2^{cs}⌋ mod 2^c sits on the device of q's sign
+    (docs/devices.md); a cell stuck at g_min reads digit 0, at g_max digit 2^c − 1:
+    read = Σ_s 2^{cs}(ℓ⁺_s − ℓ⁻_s). Pruned weights (q = 0, unprogrammed) included.
+    """
+    c, top = spec.cell_bits, 2**spec.cell_bits - 1
+    read = torch.zeros_like(q)
+    for p, u in enumerate((q.clamp(min=0), (-q).clamp(min=0))):
+        for s in range(spec.slices):
+            digit = (u >> (c * s)) & top
+            digit = digit.masked_fill(faults.stuck_min[s, p], 0)
+            digit = digit.masked_fill(faults.stuck_max[s, p], top)
+            read += (1 - 2 * p) * (digit << (c * s))
+    return read
+
+
+class ChipForward:
+    """What one chip does to the weights, imposed in every forward (straight-through).
+
+    Per layer a forward pre-hook swaps W for
+
+        W + α·(read(q) − q) + σ_l·N(0, 1)·M,    q = round(W/α)
+
+    with read(q) from :func:`fault_levels` (when ``faults`` are given) and the
+    noise in training forwards only, on kept weights M. Both terms are detached:
+    the gradient reaches W unchanged. A forward hook puts W back. Register after
+    Masks, so that W is already on its levels.
     """
 
     def __init__(
-        self, model: nn.Module, stds: dict[str, float], keep: dict[str, Tensor], seed: int
+        self,
+        model: nn.Module,
+        spec: CrossbarSpec,
+        scales: dict[str, Tensor],
+        keep: dict[str, Tensor],
+        stds: dict[str, float],
+        faults: dict[str, Faults] | None,
+        seed: int,
     ) -> None:
-        self.gen = torch.Generator().manual_seed(seed)
-        self.saved: dict[int, tuple[nn.Module, str, Tensor]] = {}
+        self.spec, self.gen = spec, torch.Generator().manual_seed(seed)
+        self.saved: dict[int, tuple[nn.Module, Tensor]] = {}
         self.handles: list[Any] = []
-        for name, std in stds.items():
-            if std <= 0:
+        for name in keep:
+            std, f = stds.get(name, 0.0), (faults or {}).get(name)
+            if std <= 0 and f is None:
                 continue
-            module, leaf = model.get_submodule(name.rpartition(".")[0]), name.rpartition(".")[2]
+            module = model.get_submodule(name.rpartition(".")[0])
             scale = keep[name].to(torch.float32) * std
-            self.handles.append(module.register_forward_pre_hook(self._add(leaf, scale)))
+            hook = self._swap(scales[name], scale if std > 0 else None, f)
+            self.handles.append(module.register_forward_pre_hook(hook))
             self.handles.append(module.register_forward_hook(self._restore))
 
-    def _add(self, leaf: str, scale: Tensor) -> Callable[[nn.Module, Any], None]:
+    def _swap(
+        self, alpha: Tensor, scale: Tensor | None, faults: Faults | None
+    ) -> Callable[[nn.Module, Any], None]:
+        top = 2 ** (self.spec.weight_bits - 1) - 1
+        idx, sub = None, None
+        if faults is not None:  # only the weights with a stuck cell (a few %)
+            idx = (faults.stuck_min | faults.stuck_max).flatten(0, 1).any(0).flatten()
+            idx = idx.nonzero().squeeze(1)
+            sub = Faults(
+                faults.stuck_min.flatten(2)[:, :, idx], faults.stuck_max.flatten(2)[:, :, idx]
+            )
+
         def hook(module: nn.Module, args: Any) -> None:
-            if not module.training:
+            w = module._parameters["weight"]
+            if w is None or (sub is None and not module.training):
                 return
-            p = module._parameters[leaf]
-            if p is None:
-                return
-            noise = torch.randn(p.shape, generator=self.gen).to(p) * scale.to(p)
-            self.saved[id(module)] = (module, leaf, p)
-            module._parameters[leaf] = p + noise  # type: ignore[assignment]
+            with torch.no_grad():
+                delta = torch.zeros_like(w)
+                if sub is not None and idx is not None:
+                    a = alpha.to(w).expand_as(w).reshape(-1)[idx]
+                    q = torch.round(w.reshape(-1)[idx] / a).clamp(-top, top).to(torch.int64)
+                    delta.view(-1)[idx] = (fault_levels(q, sub, self.spec) - q).to(w) * a
+                if scale is not None and module.training:
+                    delta += torch.randn(w.shape, generator=self.gen).to(w) * scale.to(w)
+            self.saved[id(module)] = (module, w)
+            module._parameters["weight"] = w + delta  # type: ignore[assignment]
 
         return hook
 
     def _restore(self, module: nn.Module, args: Any, output: Any) -> None:
         saved = self.saved.pop(id(module), None)
         if saved is not None:
-            module._parameters[saved[1]] = saved[2]  # type: ignore[assignment]
+            module._parameters["weight"] = saved[1]  # type: ignore[assignment]
 
     def detach(self) -> None:
         """Remove the hooks and put back any weight still swapped."""
-        for module, leaf, p in self.saved.values():
-            module._parameters[leaf] = p  # type: ignore[assignment]
+        for module, w in self.saved.values():
+            module._parameters["weight"] = w  # type: ignore[assignment]
         self.saved = {}
         for h in self.handles:
             h.remove()
         self.handles = []
+
+
+def fault_read_error(
+    model: nn.Module, spec: CrossbarSpec, noise: DeviceNoise, masks: Masks, seed: int
+) -> float:
+    """max |α·read(q) − chip| over all weights, the chip programmed with stuck cells only.
+
+    0 (up to the readout's 2^−24 level grid) when :func:`fault_levels` models the
+    chip exactly.
+    """
+    stuck = DeviceNoise(stuck_min=noise.stuck_min, stuck_max=noise.stuck_max)
+    chip = dict(
+        program_chip(
+            model, spec, stuck, masks=masks, scales=masks.scales, seed=seed
+        ).named_parameters()
+    )
+    top, err = 2 ** (spec.weight_bits - 1) - 1, 0.0
+    for name, f in fault_masks(model, spec, noise, seed=seed).items():
+        w, a = model.get_parameter(name).detach(), masks.scales[name]
+        q = torch.round(w / a).clamp(-top, top).to(torch.int64)
+        q = q.masked_fill(~masks[name], 0)
+        read = fault_levels(q, f, spec).to(w) * a
+        err = max(err, float((read - chip[name].detach()).abs().max()))
+    return err
 
 
 def aware_retrain(
@@ -252,26 +326,89 @@ def aware_retrain(
     meta: dict[str, Any],
     stds: dict[str, float],
     faults: dict[str, Faults] | None = None,
-) -> tuple[nn.Module, int]:
-    """A copy of ``model`` retrained with its masks, pinned faults and noise; (model, pins)."""
+    pin: bool = False,
+) -> nn.Module:
+    """A copy of ``model`` retrained with its masks, one chip's faults and injected noise.
+
+    ``pin``: the faults are pinned with ``pin_faults`` instead of read through
+    :class:`ChipForward`.
+    """
     m = copy.deepcopy(model).train()
     masks = Masks.load(masks_path).attach(m)
-    pins = None if faults is None else pin_faults(m, faults, spec, scales=masks.scales)
+    pins = pin_faults(m, faults, spec, scales=masks.scales) if pin and faults else None
     keep = {n: masks[n] for n in masks.names}
-    noise = WeightNoise(m, stds, keep, seed=cfg.seed + 1)
+    chip = ChipForward(
+        m, spec, masks.scales, keep, stds, None if pin else faults, seed=cfg.seed + 1
+    )
     x, y = subset(ds.train_x, ds.train_y, cfg.train_samples)
     train_loader = data.Loader(
-        x, y, batch_size=cfg.batch_size, mean=ds.mean, std=ds.std, shuffle=True,
-        augment=ds.augment, seed=cfg.seed,
-    )  # fmt: skip
+        x,
+        y,
+        batch_size=cfg.batch_size,
+        mean=ds.mean,
+        std=ds.std,
+        shuffle=True,
+        augment=ds.augment,
+        seed=cfg.seed,
+    )
     try:
         fit(m, train_loader, test_loader, cfg, out, meta=meta, progress=False)
     finally:
-        noise.detach()
+        chip.detach()
         if pins is not None:
             pins.detach()
         masks.detach(m)
-    return m.eval(), 0 if pins is None else sum(pins.counts.values())
+    return m.eval()
+
+
+@dataclass
+class Aware:
+    """Everything noise- and fault-aware retraining of one run needs."""
+
+    model: nn.Module
+    masks: Masks
+    out: Path
+    spec: CrossbarSpec
+    noise: DeviceNoise
+    score: Callable[[nn.Module], float]
+    stds: dict[str, float]
+    cells: dict[str, Tensor]
+    meta: dict[str, Any]
+    ds: data.Dataset
+    test_loader: Any
+    cfg: TrainConfig
+
+    def retrain_and_score(
+        self, epochs: int, seeds: Sequence[int], mode: str | None = None
+    ) -> ChipsResult:
+        """Retrain a copy (noise-aware; with ``mode``, fault-aware for the one chip in
+        ``seeds``, its faults restricted to existing cells) and score it on ``seeds``."""
+        seeds = list(seeds)
+        faults = None
+        if mode is not None:
+            raw = fault_masks(self.model, self.spec, self.noise, seed=seeds[0])
+            faults = {
+                n: Faults(f.stuck_min & self.cells[n], f.stuck_max & self.cells[n])
+                for n, f in raw.items()
+            }
+        where = "noise-aware" if mode is None else f"fault-aware-chip{seeds[0]}"
+        m = aware_retrain(
+            self.model,
+            self.out / "masks.safetensors",
+            self.spec,
+            self.cfg.model_copy(update={"epochs": epochs}),
+            self.ds,
+            self.test_loader,
+            self.out / f"bench-{where}",
+            meta=self.meta,
+            stds=self.stds,
+            faults=faults,
+            pin=mode == "pin",
+        )
+        on = {"masks": self.masks, "scales": self.masks.scales}
+        return evaluate_on_chips(
+            m, self.spec, self.noise, self.score, n_chips=len(seeds), seed=seeds[0], **on
+        )
 
 
 # ---- one experiment ---------------------------------------------------------------------
@@ -309,9 +446,14 @@ def bench(name: str, recipe_name: str, settings: dict[str, Any], args: Any) -> d
     eval_cfg = recipe.pretrain or recipe.compress or recipe.retrain
     tx, ty = subset(ds.test_x, ds.test_y, eval_cfg.test_samples)
     test_loader = data.Loader(
-        tx, ty, batch_size=eval_cfg.eval_batch_size, mean=ds.mean, std=ds.std,
-        shuffle=False, augment=False,
-    )  # fmt: skip
+        tx,
+        ty,
+        batch_size=eval_cfg.eval_batch_size,
+        mean=ds.mean,
+        std=ds.std,
+        shuffle=False,
+        augment=False,
+    )
     cells = existing_cells(model, masks, spec)
     score = chip_score(cells, test_loader)
     on = {"masks": masks, "scales": masks.scales}
@@ -319,42 +461,49 @@ def bench(name: str, recipe_name: str, settings: dict[str, Any], args: Any) -> d
     before = evaluate_on_chips(model, spec, noise, score, n_chips=args.chips, seed=args.seed, **on)
     print(f"   chips: {before}")
     stds = variation_rms(model, spec, noise, masks)
-    cfg = recipe.retrain.model_copy(update={"lr": args.aware_lr, "schedule": "cosine"})
-
+    mode = args.fa_mode if spec.mapping == "differential" else "pin"
+    ctx = Aware(
+        model,
+        masks,
+        out,
+        spec,
+        noise,
+        score,
+        stds,
+        cells,
+        meta,
+        ds,
+        test_loader,
+        recipe.retrain.model_copy(update={"lr": args.aware_lr, "schedule": "cosine"}),
+    )
     noise_aware = None
     if args.na_epochs > 0:
-        na_cfg = cfg.model_copy(update={"epochs": args.na_epochs})
-        na, _ = aware_retrain(
-            model, out / "masks.safetensors", spec, na_cfg, ds, test_loader,
-            out / "bench-noise-aware", meta=meta, stds=stds,
-        )  # fmt: skip
-        after = evaluate_on_chips(na, spec, noise, score, n_chips=args.chips, seed=args.seed, **on)
+        after = ctx.retrain_and_score(args.na_epochs, range(args.seed, args.seed + args.chips))
         print(f"   noise-aware ({args.na_epochs} epochs): {after}")
         noise_aware = {"epochs": args.na_epochs, "lr": args.aware_lr, "chips": _chips(after)}
-
     fault_aware: dict[str, Any] | None = None
     if args.fa_chips > 0 and args.fa_epochs > 0:
         per_chip = []
-        fa_cfg = cfg.model_copy(update={"epochs": args.fa_epochs})
         for k in range(min(args.fa_chips, args.chips)):
-            seed = args.seed + k
-            raw = fault_masks(model, spec, noise, seed=seed)
-            faults = {
-                n: Faults(f.stuck_min & cells[n], f.stuck_max & cells[n]) for n, f in raw.items()
-            }
-            fa, pinned = aware_retrain(
-                model, out / "masks.safetensors", spec, fa_cfg, ds, test_loader,
-                out / f"bench-fault-aware-chip{seed}", meta=meta, stds=stds, faults=faults,
-            )  # fmt: skip
-            chip = evaluate_on_chips(fa, spec, noise, score, n_chips=1, seed=seed, **on)
-            row = {"seed": seed, "before": before.accs[k], "after": chip.accs[0]}
-            per_chip.append({**row, "ideal_after": chip.ideal, "pinned_weights": pinned})
-            print(f"   chip {seed}: {100 * row['before']:.2f}% → {100 * row['after']:.2f}% "
-                  f"after fault-aware retraining ({pinned} weights pinned)")  # fmt: skip
+            chip = ctx.retrain_and_score(args.fa_epochs, [args.seed + k], mode)
+            per_chip.append(
+                {
+                    "seed": args.seed + k,
+                    "before": before.accs[k],
+                    "after": chip.accs[0],
+                    "ideal_after": chip.ideal,
+                }
+            )
+            print(
+                f"   chip {args.seed + k}: {100 * before.accs[k]:.2f}% → "
+                f"{100 * chip.accs[0]:.2f}% after fault-aware retraining"
+            )
         b, a = [c["before"] for c in per_chip], [c["after"] for c in per_chip]
         fault_aware = {
             "epochs": args.fa_epochs,
             "lr": args.aware_lr,
+            "mode": mode,
+            "fault_read_error": fault_read_error(model, spec, noise, masks, args.seed),
             "chips": per_chip,
             "before_mean": statistics.fmean(b),
             "before_std": statistics.stdev(b) if len(b) > 1 else 0.0,
@@ -465,8 +614,13 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", default=None)
     p.add_argument("--only", default=",".join(EXPERIMENTS), help="experiments, comma-separated")
-    p.add_argument("--set", action="append", default=[], metavar="[EXP:]KEY=VALUE",
-                   help="recipe override (all experiments, or EXP only); repeatable")  # fmt: skip
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="[EXP:]KEY=VALUE",
+        help="recipe override (all experiments, or EXP only); repeatable",
+    )
     p.add_argument("--train-samples", type=int, default=None, help="every stage, every experiment")
     p.add_argument("--test-samples", type=int, default=None, help="every stage, every experiment")
     p.add_argument("--noise", default="sigma=0.03,stuck_min=0.01,stuck_max=0.01")
@@ -475,6 +629,12 @@ def main() -> None:
     p.add_argument("--na-epochs", type=int, default=2, help="noise-aware retraining (0: skip)")
     p.add_argument("--fa-chips", type=int, default=3, help="chips retrained fault-aware")
     p.add_argument("--fa-epochs", type=int, default=2, help="fault-aware epochs per chip")
+    p.add_argument(
+        "--fa-mode",
+        choices=("read", "pin"),
+        default="read",
+        help="faults read as the chip reads them, or pin_faults (offset: pin)",
+    )
     p.add_argument("--aware-lr", type=float, default=0.002, help="lr of both (cosine)")
     p.add_argument("--runs", default="runs/bench-crossbar", help="run directories go here")
     p.add_argument("--reuse", action="store_true", help="reuse finished runs (skip the pipeline)")

@@ -26,6 +26,7 @@ from dualprune.constraints import (
 from dualprune.masks import Masks
 from dualprune.plan import Plan
 from dualprune.solvers import ADMM, SLR, Magnitude, Solver
+from dualprune.sparsify import sparsify_for_inference
 
 __version__ = "0.1.0"
 
@@ -49,4 +50,5 @@ __all__ = [
     "errors",
     "from_dict",
     "solvers",
+    "sparsify_for_inference",
 ]

@@ -23,20 +23,24 @@ Then, on the final model, with the device noise of ``--noise``:
   programmed). Stuck cells, drift and read noise are not injected. Scored on the
   same chips.
 - **fault-aware retraining** (``--fa-chips``, ``--fa-epochs``): for each of the
-  first chips, that chip's stuck cells (``fault_masks``, restricted to existing
-  cells) are pinned on a copy of the final model (``pin_faults``, after the
-  run's masks are attached, so pruned weights stay 0 and quantized ones on
-  their levels), it retrains with the injected variation noise too, and is
-  scored on that same chip (same seed: same faults, same programming
-  variation). With 2 slices per weight a pinned value is the model's
-  approximation of what the chip reads (docs/devices.md); the score is always
-  the chip's.
+  first chips, a copy of the final model retrains (run's masks attached: pruned
+  weights stay 0, quantized ones on their levels) knowing that chip's stuck
+  cells (``fault_masks`` for its seed, restricted to existing cells), with the
+  variation noise injected too, and is scored on that same chip (same seed:
+  same faults, same programming variation). ``--fa-mode read`` (default,
+  differential mapping): every forward uses the weights the chip reads with
+  those stuck cells, read(q) digit by digit (straight-through gradient; exact:
+  ``fault_read_error`` checks it against ``program_chip``). ``--fa-mode pin``:
+  ``pin_faults`` freezes every weight with a stuck cell at its pinned value, a
+  conservative model with 2 slices per weight (docs/devices.md). The score is
+  always the chip's.
 
 Power: the cost model gives energy per inference E and latency T; power at an
 equal inference rate f is E·f, so its reduction is the energy reduction (also
 recorded: power at each model's own peak rate, E/T).
 
-Run directories go under ``--runs`` (runs/bench-crossbar/); the summary to
+Run directories go under ``--runs`` (runs/bench-crossbar/; ``--reuse`` skips the
+pipeline for a finished one and takes its recipe.yaml); the summary to
 benchmarks/results/crossbar.json and rows to benchmarks/results/README.md
 (with ``--out-json PATH`` only to PATH, rows printed instead).
 
@@ -76,6 +80,7 @@ from dualprune.hardware import (
     fault_masks,
     pin_faults,
     program_chip,
+    to_levels,
 )
 from dualprune.masks import Masks
 from dualprune.pipeline import Recipe, load_recipe, run
@@ -210,17 +215,38 @@ def fault_levels(q: Tensor, faults: Faults, spec: CrossbarSpec) -> Tensor:
     return read
 
 
+def levels_at(
+    w: Tensor, alpha: Tensor | None, keep: Tensor | None, bits: int, idx: Tensor
+) -> tuple[Tensor, Tensor]:
+    """(q, α) of the weights at flat indices ``idx`` on the chip's b-bit grid.
+
+    With the run's fixed α (``masks.scales``) q = round(W/α) (W is on its levels);
+    without one, α is fitted as the chip fits it (``to_levels``, kept weights only).
+    """
+    if alpha is None:
+        q, a = to_levels(w.detach(), bits, mask=keep)
+        return q.reshape(-1)[idx].to(torch.int64), a.to(w).expand_as(w).reshape(-1)[idx]
+    top = 2 ** (bits - 1) - 1
+    a = alpha.to(w).expand_as(w).reshape(-1)[idx]
+    q = torch.round(w.detach().reshape(-1)[idx] / a).clamp(-top, top).to(torch.int64)
+    if keep is not None:
+        q = q.masked_fill(~keep.reshape(-1)[idx].to(q.device), 0)
+    return q, a
+
+
 class ChipForward:
     """What one chip does to the weights, imposed in every forward (straight-through).
 
     Per layer a forward pre-hook swaps W for
 
-        W + α·(read(q) − q) + σ_l·N(0, 1)·M,    q = round(W/α)
+        W + (α·read(q) − W)·F + σ_l·N(0, 1)·M
 
-    with read(q) from :func:`fault_levels` (when ``faults`` are given) and the
-    noise in training forwards only, on kept weights M. Both terms are detached:
-    the gradient reaches W unchanged. A forward hook puts W back. Register after
-    Masks, so that W is already on its levels.
+    with q, α the levels of W on the chip's grid (:func:`levels_at`), F the weights
+    that have a stuck cell (when ``faults`` are given), read(q) from
+    :func:`fault_levels`, and the noise in training forwards only, on kept weights
+    M. Both terms are detached: the gradient reaches W unchanged. A forward hook
+    puts W back. Register after Masks, so that W is already on its levels (then the
+    weights with a stuck cell are exactly what the chip reads).
     """
 
     def __init__(
@@ -236,27 +262,24 @@ class ChipForward:
         self.spec, self.gen = spec, torch.Generator().manual_seed(seed)
         self.saved: dict[int, tuple[nn.Module, Tensor]] = {}
         self.handles: list[Any] = []
-        for name in keep:
-            std, f = stds.get(name, 0.0), (faults or {}).get(name)
-            if std <= 0 and f is None:
+        names = list(keep) + [n for n in faults or {} if n not in keep]
+        for name in names:
+            std, f, m = stds.get(name, 0.0), (faults or {}).get(name), keep.get(name)
+            if (std <= 0 or m is None) and f is None:
                 continue
             module = model.get_submodule(name.rpartition(".")[0])
-            scale = keep[name].to(torch.float32) * std
-            hook = self._swap(scales[name], scale if std > 0 else None, f)
+            scale = m.to(torch.float32) * std if std > 0 and m is not None else None
+            hook = self._swap(scales.get(name), m, scale, f)
             self.handles.append(module.register_forward_pre_hook(hook))
             self.handles.append(module.register_forward_hook(self._restore))
 
     def _swap(
-        self, alpha: Tensor, scale: Tensor | None, faults: Faults | None
+        self, alpha: Tensor | None, keep: Tensor | None, scale: Tensor | None, f: Faults | None
     ) -> Callable[[nn.Module, Any], None]:
-        top = 2 ** (self.spec.weight_bits - 1) - 1
         idx, sub = None, None
-        if faults is not None:  # only the weights with a stuck cell (a few %)
-            idx = (faults.stuck_min | faults.stuck_max).flatten(0, 1).any(0).flatten()
-            idx = idx.nonzero().squeeze(1)
-            sub = Faults(
-                faults.stuck_min.flatten(2)[:, :, idx], faults.stuck_max.flatten(2)[:, :, idx]
-            )
+        if f is not None:  # only the weights with a stuck cell (a few %)
+            idx = (f.stuck_min | f.stuck_max).flatten(0, 1).any(0).flatten().nonzero().squeeze(1)
+            sub = Faults(f.stuck_min.flatten(2)[:, :, idx], f.stuck_max.flatten(2)[:, :, idx])
 
         def hook(module: nn.Module, args: Any) -> None:
             w = module._parameters["weight"]
@@ -265,9 +288,9 @@ class ChipForward:
             with torch.no_grad():
                 delta = torch.zeros_like(w)
                 if sub is not None and idx is not None:
-                    a = alpha.to(w).expand_as(w).reshape(-1)[idx]
-                    q = torch.round(w.reshape(-1)[idx] / a).clamp(-top, top).to(torch.int64)
-                    delta.view(-1)[idx] = (fault_levels(q, sub, self.spec) - q).to(w) * a
+                    q, a = levels_at(w, alpha, keep, self.spec.weight_bits, idx)
+                    read = fault_levels(q, sub, self.spec).to(w) * a
+                    delta.view(-1)[idx] = read - w.detach().reshape(-1)[idx]
                 if scale is not None and module.training:
                     delta += torch.randn(w.shape, generator=self.gen).to(w) * scale.to(w)
             self.saved[id(module)] = (module, w)
@@ -304,111 +327,89 @@ def fault_read_error(
             model, spec, stuck, masks=masks, scales=masks.scales, seed=seed
         ).named_parameters()
     )
-    top, err = 2 ** (spec.weight_bits - 1) - 1, 0.0
+    err, table = 0.0, {n: masks[n] for n in masks.names}
     for name, f in fault_masks(model, spec, noise, seed=seed).items():
-        w, a = model.get_parameter(name).detach(), masks.scales[name]
-        q = torch.round(w / a).clamp(-top, top).to(torch.int64)
-        q = q.masked_fill(~masks[name], 0)
-        read = fault_levels(q, f, spec).to(w) * a
-        err = max(err, float((read - chip[name].detach()).abs().max()))
+        w, keep = model.get_parameter(name).detach(), table.get(name)
+        idx = torch.arange(w.numel())
+        q, a = levels_at(w, masks.scales.get(name), keep, spec.weight_bits, idx)
+        read = (
+            fault_levels(q, Faults(f.stuck_min.flatten(2), f.stuck_max.flatten(2)), spec).to(w) * a
+        )
+        err = max(err, float((read - chip[name].detach().reshape(-1)).abs().max()))
     return err
 
 
-def aware_retrain(
-    model: nn.Module,
-    masks_path: Path,
-    spec: CrossbarSpec,
-    cfg: TrainConfig,
-    ds: data.Dataset,
-    test_loader: Any,
-    out: Path,
-    *,
-    meta: dict[str, Any],
-    stds: dict[str, float],
-    faults: dict[str, Faults] | None = None,
-    pin: bool = False,
-) -> nn.Module:
-    """A copy of ``model`` retrained with its masks, one chip's faults and injected noise.
-
-    ``pin``: the faults are pinned with ``pin_faults`` instead of read through
-    :class:`ChipForward`.
-    """
-    m = copy.deepcopy(model).train()
-    masks = Masks.load(masks_path).attach(m)
-    pins = pin_faults(m, faults, spec, scales=masks.scales) if pin and faults else None
-    keep = {n: masks[n] for n in masks.names}
-    chip = ChipForward(
-        m, spec, masks.scales, keep, stds, None if pin else faults, seed=cfg.seed + 1
-    )
-    x, y = subset(ds.train_x, ds.train_y, cfg.train_samples)
-    train_loader = data.Loader(
+def loader(ds: data.Dataset, x: Tensor, y: Tensor, batch: int, train: bool, seed: int = 0) -> Any:
+    """A data loader over (x, y) with the data set's normalisation (augmented to train)."""
+    return data.Loader(
         x,
         y,
-        batch_size=cfg.batch_size,
+        batch_size=batch,
         mean=ds.mean,
         std=ds.std,
-        shuffle=True,
-        augment=ds.augment,
-        seed=cfg.seed,
+        shuffle=train,
+        augment=train and ds.augment,
+        seed=seed,
     )
-    try:
-        fit(m, train_loader, test_loader, cfg, out, meta=meta, progress=False)
-    finally:
-        chip.detach()
-        if pins is not None:
-            pins.detach()
-        masks.detach(m)
-    return m.eval()
 
 
 @dataclass
 class Aware:
-    """Everything noise- and fault-aware retraining of one run needs."""
+    """Noise- and fault-aware retraining of one run's final model, scored on its chips."""
 
     model: nn.Module
     masks: Masks
     out: Path
     spec: CrossbarSpec
     noise: DeviceNoise
-    score: Callable[[nn.Module], float]
-    stds: dict[str, float]
     cells: dict[str, Tensor]
-    meta: dict[str, Any]
+    stds: dict[str, float]
     ds: data.Dataset
     test_loader: Any
     cfg: TrainConfig
+    meta: dict[str, Any]
 
-    def retrain_and_score(
-        self, epochs: int, seeds: Sequence[int], mode: str | None = None
-    ) -> ChipsResult:
-        """Retrain a copy (noise-aware; with ``mode``, fault-aware for the one chip in
-        ``seeds``, its faults restricted to existing cells) and score it on ``seeds``."""
-        seeds = list(seeds)
+    def chips(self, model: nn.Module, seeds: Sequence[int]) -> ChipsResult:
+        """Accuracy of ``model`` on the chips with these (consecutive) seeds."""
+        return evaluate_on_chips(
+            model,
+            self.spec,
+            self.noise,
+            chip_score(self.cells, self.test_loader),
+            n_chips=len(seeds),
+            seed=seeds[0],
+            masks=self.masks,
+            scales=self.masks.scales,
+        )
+
+    def retrain(self, epochs: int, chip: int | None = None, pin: bool = False) -> nn.Module:
+        """A copy retrained with the masks and the injected noise (and chip's faults)."""
         faults = None
-        if mode is not None:
-            raw = fault_masks(self.model, self.spec, self.noise, seed=seeds[0])
+        if chip is not None:
+            raw = fault_masks(self.model, self.spec, self.noise, seed=chip)
             faults = {
                 n: Faults(f.stuck_min & self.cells[n], f.stuck_max & self.cells[n])
                 for n, f in raw.items()
             }
-        where = "noise-aware" if mode is None else f"fault-aware-chip{seeds[0]}"
-        m = aware_retrain(
-            self.model,
-            self.out / "masks.safetensors",
-            self.spec,
-            self.cfg.model_copy(update={"epochs": epochs}),
-            self.ds,
-            self.test_loader,
-            self.out / f"bench-{where}",
-            meta=self.meta,
-            stds=self.stds,
-            faults=faults,
-            pin=mode == "pin",
+        m = copy.deepcopy(self.model).train()
+        masks = Masks.load(self.out / "masks.safetensors").attach(m)
+        pins = pin_faults(m, faults, self.spec, scales=masks.scales) if pin and faults else None
+        keep = {n: masks[n] for n in masks.names}
+        cfg = self.cfg.model_copy(update={"epochs": epochs})
+        hooks = ChipForward(
+            m, self.spec, masks.scales, keep, self.stds, None if pin else faults, seed=cfg.seed + 1
         )
-        on = {"masks": self.masks, "scales": self.masks.scales}
-        return evaluate_on_chips(
-            m, self.spec, self.noise, self.score, n_chips=len(seeds), seed=seeds[0], **on
-        )
+        x, y = subset(self.ds.train_x, self.ds.train_y, cfg.train_samples)
+        where = self.out / ("bench-noise-aware" if chip is None else f"bench-fault-aware-{chip}")
+        try:
+            train = loader(self.ds, x, y, cfg.batch_size, True, cfg.seed)
+            fit(m, train, self.test_loader, cfg, where, meta=self.meta, progress=False)
+        finally:
+            hooks.detach()
+            if pins is not None:
+                pins.detach()
+            masks.detach(m)
+        return m.eval()
 
 
 # ---- one experiment ---------------------------------------------------------------------
@@ -434,9 +435,10 @@ def bench(name: str, recipe_name: str, settings: dict[str, Any], args: Any) -> d
         run(recipe, progress=False)
     report = json.loads((out / "report.json").read_text())
     hw = json.loads((out / "hardware.json").read_text())
-    stages, totals, cost = report["stages"], report["totals"], hw["cost"]
+    stages = report["stages"]
 
     art = load_artifact(out)
+    recipe = art.recipe if art.recipe is not None else recipe  # what the run used
     model, masks = art.model.eval(), art.masks
     if masks is None:
         raise SystemExit(f"{name}: {out} has no masks.safetensors")
@@ -445,82 +447,33 @@ def bench(name: str, recipe_name: str, settings: dict[str, Any], args: Any) -> d
     ds = data.load(recipe.dataset, root=recipe.data_dir)
     eval_cfg = recipe.pretrain or recipe.compress or recipe.retrain
     tx, ty = subset(ds.test_x, ds.test_y, eval_cfg.test_samples)
-    test_loader = data.Loader(
-        tx,
-        ty,
-        batch_size=eval_cfg.eval_batch_size,
-        mean=ds.mean,
-        std=ds.std,
-        shuffle=False,
-        augment=False,
-    )
+    test_loader = loader(ds, tx, ty, eval_cfg.eval_batch_size, False)
     cells = existing_cells(model, masks, spec)
-    score = chip_score(cells, test_loader)
-    on = {"masks": masks, "scales": masks.scales}
-    print(f"== {name}: {args.chips} chips, noise {args.noise}")
-    before = evaluate_on_chips(model, spec, noise, score, n_chips=args.chips, seed=args.seed, **on)
-    print(f"   chips: {before}")
-    stds = variation_rms(model, spec, noise, masks)
     mode = args.fa_mode if spec.mapping == "differential" else "pin"
-    ctx = Aware(
-        model,
-        masks,
-        out,
-        spec,
-        noise,
-        score,
-        stds,
-        cells,
-        meta,
-        ds,
-        test_loader,
-        recipe.retrain.model_copy(update={"lr": args.aware_lr, "schedule": "cosine"}),
-    )
+    cfg = recipe.retrain.model_copy(update={"lr": args.aware_lr, "schedule": "cosine"})
+    stds = variation_rms(model, spec, noise, masks)
+    aware = Aware(model, masks, out, spec, noise, cells, stds, ds, test_loader, cfg, meta)
+    seeds = list(range(args.seed, args.seed + args.chips))
+    before = aware.chips(model, seeds)
+    print(f"== {name}: {before} (noise {args.noise})")
     noise_aware = None
     if args.na_epochs > 0:
-        after = ctx.retrain_and_score(args.na_epochs, range(args.seed, args.seed + args.chips))
-        print(f"   noise-aware ({args.na_epochs} epochs): {after}")
+        after = aware.chips(aware.retrain(args.na_epochs), seeds)
+        print(f"   noise-aware retraining ({args.na_epochs} epochs): {after}")
         noise_aware = {"epochs": args.na_epochs, "lr": args.aware_lr, "chips": _chips(after)}
-    fault_aware: dict[str, Any] | None = None
+    fault_aware = None
     if args.fa_chips > 0 and args.fa_epochs > 0:
-        per_chip = []
-        for k in range(min(args.fa_chips, args.chips)):
-            chip = ctx.retrain_and_score(args.fa_epochs, [args.seed + k], mode)
-            per_chip.append(
-                {
-                    "seed": args.seed + k,
-                    "before": before.accs[k],
-                    "after": chip.accs[0],
-                    "ideal_after": chip.ideal,
-                }
-            )
-            print(
-                f"   chip {args.seed + k}: {100 * before.accs[k]:.2f}% → "
-                f"{100 * chip.accs[0]:.2f}% after fault-aware retraining"
-            )
-        b, a = [c["before"] for c in per_chip], [c["after"] for c in per_chip]
-        fault_aware = {
-            "epochs": args.fa_epochs,
-            "lr": args.aware_lr,
-            "mode": mode,
-            "fault_read_error": fault_read_error(model, spec, noise, masks, args.seed),
-            "chips": per_chip,
-            "before_mean": statistics.fmean(b),
-            "before_std": statistics.stdev(b) if len(b) > 1 else 0.0,
-            "after_mean": statistics.fmean(a),
-            "after_std": statistics.stdev(a) if len(a) > 1 else 0.0,
-        }
-
+        fault_aware = fault_aware_runs(aware, before, seeds[: args.fa_chips], args, mode)
+        if mode == "read":
+            fault_aware["fault_read_error"] = fault_read_error(model, spec, noise, masks, seeds[0])
     dense = stages.get("pretrain", stages.get("pretrained", {})).get("test_acc", float("nan"))
     final = stages["final"]["test_acc"]
-    energy, area, latency = cost["energy_j"]["total"], cost["area_m2"]["total"], cost["latency_s"]
-    d_energy, d_area = cost["dense"]["energy_j"]["total"], cost["dense"]["area_m2"]["total"]
-    d_latency = cost["dense"]["latency_s"]
-    used = sum(int(c.sum()) for c in cells.values())
     return {
         "name": name,
         "recipe": recipe_name,
         "settings": settings,
+        "reused": args.reuse and done,
+        "run_recipe": recipe.model_dump(mode="json"),
         "hardware": hw["options"],
         "noise": args.noise,
         "acc": {
@@ -530,6 +483,54 @@ def bench(name: str, recipe_name: str, settings: dict[str, Any], args: Any) -> d
             "loss_pp": 100 * (dense - final),
             "test_samples": len(ty),
         },
+        **hardware_figures(report["totals"], hw),
+        "chips_pipeline": hw.get("chips"),
+        "chips": {**_chips(before), "cells_existing": sum(int(c.sum()) for c in cells.values())},
+        "injected_noise_rms": stds,
+        "noise_aware": noise_aware,
+        "fault_aware": fault_aware,
+        "wall_s": time.perf_counter() - t0,
+        "out": str(out),
+    }
+
+
+def fault_aware_runs(
+    aware: Aware, before: ChipsResult, seeds: list[int], args: Any, mode: str
+) -> dict[str, Any]:
+    """Fault-aware retraining for each chip in ``seeds``, scored on that chip."""
+    per_chip = []
+    for k, seed in enumerate(seeds):
+        chip = aware.chips(aware.retrain(args.fa_epochs, seed, pin=mode == "pin"), [seed])
+        per_chip.append(
+            {
+                "seed": seed,
+                "before": before.accs[k],
+                "after": chip.accs[0],
+                "ideal_after": chip.ideal,
+            }
+        )
+        print(
+            f"   chip {seed}: {100 * before.accs[k]:.2f}% → {100 * chip.accs[0]:.2f}% "
+            f"after fault-aware retraining ({mode})"
+        )
+    b, a = [c["before"] for c in per_chip], [c["after"] for c in per_chip]
+    return {
+        "epochs": args.fa_epochs,
+        "lr": args.aware_lr,
+        "mode": mode,
+        "chips": per_chip,
+        "before_mean": statistics.fmean(b),
+        "before_std": statistics.stdev(b) if len(b) > 1 else 0.0,
+        "after_mean": statistics.fmean(a),
+        "after_std": statistics.stdev(a) if len(a) > 1 else 0.0,
+    }
+
+
+def hardware_figures(totals: dict[str, Any], hw: dict[str, Any]) -> dict[str, Any]:
+    """Compression (report.json totals) and crossbars, energy, area, power (hardware.json)."""
+    cost, dense = hw["cost"], hw["cost"]["dense"]
+    e, de = cost["energy_j"]["total"], dense["energy_j"]["total"]
+    return {
         "compression": {
             "weights": totals["compression_prunable"],
             "all_params": totals["compression_all_params"],
@@ -544,17 +545,10 @@ def bench(name: str, recipe_name: str, settings: dict[str, Any], args: Any) -> d
             "packed": hw["mapping"]["totals"]["packed"],
         },
         "reductions": cost["reductions"],
-        "energy_j": {"dense": d_energy, "compressed": energy},
-        "area_m2": {"dense": d_area, "compressed": area},
-        "latency_s": {"dense": d_latency, "compressed": latency},
-        "power_peak_w": {"dense": d_energy / d_latency, "compressed": energy / latency},
-        "chips_pipeline": hw.get("chips"),
-        "chips": {**_chips(before), "cells_existing": used},
-        "injected_noise_rms": stds,
-        "noise_aware": noise_aware,
-        "fault_aware": fault_aware,
-        "wall_s": time.perf_counter() - t0,
-        "out": str(out),
+        "energy_j": {"dense": de, "compressed": e},
+        "area_m2": {"dense": dense["area_m2"]["total"], "compressed": cost["area_m2"]["total"]},
+        "latency_s": {"dense": dense["latency_s"], "compressed": cost["latency_s"]},
+        "power_peak_w": {"dense": de / dense["latency_s"], "compressed": e / cost["latency_s"]},
     }
 
 
@@ -578,17 +572,18 @@ def row(r: dict[str, Any], command: str) -> str:
         f"{c['weights']:.2f}× fewer weights (storage {c['storage']:.1f}×, indices counted); "
         f"crossbars {x['dense']} → {x['compressed']} (−{100 * red['crossbars']:.1f}%); "
         f"energy/inference −{100 * red['energy_j']:.1f}% (= power at an equal inference "
-        f"rate), area −{100 * red['area_m2']:.1f}%; acc {100 * acc['dense']:.2f}% → "
-        f"{100 * acc['final']:.2f}% ({-acc['loss_pp']:+.2f} pp); "
+        f"rate), area −{100 * red['area_m2']:.1f}%, latency {0.0 - 100 * red['latency_s']:+.1f}%; "
+        f"acc {100 * acc['dense']:.2f}% → {100 * acc['final']:.2f}% ({-acc['loss_pp']:+.2f} pp); "
         f"{chips['n_chips']} chips {_pm(chips['mean'], chips['std'])}"
     )
     if na is not None:
         text += f" → noise-aware ({na['epochs']} ep) {_pm(na['chips']['mean'], na['chips']['std'])}"
     if fa is not None:
-        n = len(fa["chips"])
+        first, last = fa["chips"][0]["seed"], fa["chips"][-1]["seed"]
+        which = f"chip {first}" if first == last else f"chips {first}–{last}"
         text += (
-            f"; chips 0–{n - 1}: {_pm(fa['before_mean'], fa['before_std'])} → fault-aware "
-            f"({fa['epochs']} ep per chip) {_pm(fa['after_mean'], fa['after_std'])}"
+            f"; {which}: {_pm(fa['before_mean'], fa['before_std'])} → fault-aware "
+            f"({fa['mode']}, {fa['epochs']} ep per chip) {_pm(fa['after_mean'], fa['after_std'])}"
         )
     return f"| {ROW_TAG} {r['name']} | {setting} | {text} | {TARGET} | `{command}` |"
 

@@ -13,9 +13,10 @@ Then, on the final model, with the device noise of ``--noise``:
 - **chips**: Monte-Carlo accuracy over ``--chips`` programmed chips (seeds
   seed … seed + chips − 1), mean ± std. Only cells that exist are faulty: a
   weight whose whole crossbar tile was pruned has no cells (the crossbar is not
-  built) and reads 0 on every chip. The pipeline's own figure
-  (``hardware.json``), which lets every cell of every pruned weight get stuck,
-  is recorded beside it as ``chips_pipeline``.
+  built) and reads 0 on every chip (``evaluate_on_chips``' ``built_only``). The
+  pipeline's own figure (``hardware.json``) is recorded beside it as
+  ``chips_pipeline`` (the same model since ``built_only`` is the library's
+  default; runs made before that let every cell of every pruned weight get stuck).
 - **noise-aware retraining** (``--na-epochs``): masked retraining with Gaussian
   weight noise injected into every training forward (a forward pre-hook on each
   layer), per layer of the RMS weight error that programming variation (σ, β of
@@ -28,9 +29,10 @@ Then, on the final model, with the device noise of ``--noise``:
   cells (``fault_masks`` for its seed, restricted to existing cells), with the
   variation noise injected too, and is scored on that same chip (same seed:
   same faults, same programming variation). ``--fa-mode read`` (default,
-  differential mapping): every forward uses the weights the chip reads with
-  those stuck cells, read(q) digit by digit (straight-through gradient; exact:
-  ``fault_read_error`` checks it against ``program_chip``). ``--fa-mode pin``:
+  differential mapping): ``read_faults`` makes every forward use the weights the
+  chip reads with those stuck cells, read(q) digit by digit (straight-through
+  gradient; exact: ``fault_read_error`` checks it against ``program_chip``).
+  ``--fa-mode pin``:
   ``pin_faults`` freezes every weight with a stuck cell at its pinned value, a
   conservative model with 2 slices per weight (docs/devices.md). The score is
   always the chip's.
@@ -65,7 +67,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 import yaml
 from common import RESULTS, cpu_model, replace_rows  # benchmarks/common.py
 from torch import Tensor, nn
@@ -75,19 +76,20 @@ from dualprune.hardware import (
     ChipsResult,
     CrossbarSpec,
     DeviceNoise,
-    Faults,
     evaluate_on_chips,
     fault_masks,
+    grid_levels,
     pin_faults,
     program_chip,
-    to_levels,
 )
+from dualprune.hardware.chips import built_cells
+from dualprune.hardware.faults import fault_levels, read_faults
 from dualprune.masks import Masks
 from dualprune.pipeline import Recipe, load_recipe, run
 from dualprune.pipeline.artifacts import load_artifact
 from dualprune.pipeline.stages import subset
 from dualprune.train import TrainConfig
-from dualprune.train.loop import evaluate, fit
+from dualprune.train.loop import fit
 
 ROW_TAG = "crossbar:"
 STAGES = ("pretrain", "compress", "retrain")
@@ -121,62 +123,6 @@ EXPERIMENTS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
-# ---- which cells exist ------------------------------------------------------------------
-
-
-def mapped_cells(keep: Tensor, groups: int, spec: CrossbarSpec) -> Tensor:
-    """True where a weight lies in a crossbar tile that holds a kept weight (grid layout).
-
-    The GEMM view of one group is R × C (R = in/groups·Πk, C = out/groups), cut into
-    X_r × b_c tiles; a tile with no kept weight needs no crossbar, so its cells do
-    not exist. Returns a bool tensor of ``keep``'s shape.
-    """
-    out = keep.shape[0]
-    c = out // groups
-    g = keep.reshape(groups, c, -1).to(torch.uint8)  # (groups, C, R)
-    r = g.shape[2]
-    br, bc = spec.rows, spec.logical_cols
-    tr, tc = -(-r // br), -(-c // bc)
-    padded = F.pad(g, (0, tr * br - r, 0, tc * bc - c)).view(groups, tc, bc, tr, br)
-    used = padded.amax(dim=(2, 4), keepdim=True).expand(groups, tc, bc, tr, br)
-    return used.reshape(groups, tc * bc, tr * br)[:, :c, :r].reshape(keep.shape).bool()
-
-
-def existing_cells(model: nn.Module, masks: Masks, spec: CrossbarSpec) -> dict[str, Tensor]:
-    """:func:`mapped_cells` of every Conv/Linear weight (occupancy: mask, else W ≠ 0)."""
-    out = {}
-    for name, module in model.named_modules():
-        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Linear)):
-            key = f"{name}.weight"
-            keep = masks[key] if key in masks else module.weight.detach() != 0
-            out[key] = mapped_cells(keep.bool(), int(getattr(module, "groups", 1)), spec)
-    return out
-
-
-def chip_score(cells: dict[str, Tensor], loader: Any) -> Callable[[nn.Module], float]:
-    """Accuracy of a chip on which weights of unbuilt crossbars read 0 (after any read)."""
-
-    def zero(used: Tensor) -> Callable[[nn.Module, Any], None]:
-        def hook(module: nn.Module, args: Any) -> None:
-            with torch.no_grad():
-                module.weight.masked_fill_(~used, 0)
-
-        return hook
-
-    def score(chip: nn.Module) -> float:
-        handles = [
-            chip.get_submodule(name.rpartition(".")[0]).register_forward_pre_hook(zero(used))
-            for name, used in cells.items()
-        ]
-        try:
-            return float(evaluate(chip, loader)["acc"])
-        finally:
-            for h in handles:
-                h.remove()
-
-    return score
-
-
 # ---- noise injection ----------------------------------------------------------------
 
 
@@ -197,102 +143,36 @@ def variation_rms(
     return out
 
 
-def fault_levels(q: Tensor, faults: Faults, spec: CrossbarSpec) -> Tensor:
-    """The levels a chip with these stuck cells reads for levels q (differential mapping).
+class NoiseForward:
+    """Variation noise injected into every training forward (straight-through).
 
-    Each digit ℓ^±_s = ⌊q^± / 2^{cs}⌋ mod 2^c sits on the device of q's sign
-    (docs/devices.md); a cell stuck at g_min reads digit 0, at g_max digit 2^c − 1:
-    read = Σ_s 2^{cs}(ℓ⁺_s − ℓ⁻_s). Pruned weights (q = 0, unprogrammed) included.
-    """
-    c, top = spec.cell_bits, 2**spec.cell_bits - 1
-    read = torch.zeros_like(q)
-    for p, u in enumerate((q.clamp(min=0), (-q).clamp(min=0))):
-        for s in range(spec.slices):
-            digit = (u >> (c * s)) & top
-            digit = digit.masked_fill(faults.stuck_min[s, p], 0)
-            digit = digit.masked_fill(faults.stuck_max[s, p], top)
-            read += (1 - 2 * p) * (digit << (c * s))
-    return read
-
-
-def levels_at(
-    w: Tensor, alpha: Tensor | None, keep: Tensor | None, bits: int, idx: Tensor
-) -> tuple[Tensor, Tensor]:
-    """(q, α) of the weights at flat indices ``idx`` on the chip's b-bit grid.
-
-    With the run's fixed α (``masks.scales``) q = round(W/α) (W is on its levels);
-    without one, α is fitted as the chip fits it (``to_levels``, kept weights only).
-    """
-    if alpha is None:
-        q, a = to_levels(w.detach(), bits, mask=keep)
-        return q.reshape(-1)[idx].to(torch.int64), a.to(w).expand_as(w).reshape(-1)[idx]
-    top = 2 ** (bits - 1) - 1
-    a = alpha.to(w).expand_as(w).reshape(-1)[idx]
-    q = torch.round(w.detach().reshape(-1)[idx] / a).clamp(-top, top).to(torch.int64)
-    if keep is not None:
-        q = q.masked_fill(~keep.reshape(-1)[idx].to(q.device), 0)
-    return q, a
-
-
-class ChipForward:
-    """What one chip does to the weights, imposed in every forward (straight-through).
-
-    Per layer a forward pre-hook swaps W for
-
-        W + (α·read(q) − W)·F + σ_l·N(0, 1)·M
-
-    with q, α the levels of W on the chip's grid (:func:`levels_at`), F the weights
-    that have a stuck cell (when ``faults`` are given), read(q) from
-    :func:`fault_levels`, and the noise in training forwards only, on kept weights
-    M. Both terms are detached: the gradient reaches W unchanged. A forward hook
-    puts W back. Register after Masks, so that W is already on its levels (then the
-    weights with a stuck cell are exactly what the chip reads).
+    Per layer a forward pre-hook swaps W for W + σ_l·N(0, 1)·M (kept weights M,
+    noise detached: the gradient reaches W unchanged) and a forward hook, registered
+    first, puts W back. Register after ``Masks`` and ``read_faults``: the noise is
+    then added to the weights as the chip's faults read them, and taken off first.
     """
 
     def __init__(
-        self,
-        model: nn.Module,
-        spec: CrossbarSpec,
-        scales: dict[str, Tensor],
-        keep: dict[str, Tensor],
-        stds: dict[str, float],
-        faults: dict[str, Faults] | None,
-        seed: int,
+        self, model: nn.Module, keep: dict[str, Tensor], stds: dict[str, float], seed: int
     ) -> None:
-        self.spec, self.gen = spec, torch.Generator().manual_seed(seed)
+        self.gen = torch.Generator().manual_seed(seed)
         self.saved: dict[int, tuple[nn.Module, Tensor]] = {}
         self.handles: list[Any] = []
-        names = list(keep) + [n for n in faults or {} if n not in keep]
-        for name in names:
-            std, f, m = stds.get(name, 0.0), (faults or {}).get(name), keep.get(name)
-            if (std <= 0 or m is None) and f is None:
+        for name, m in keep.items():
+            std = stds.get(name, 0.0)
+            if std <= 0:
                 continue
             module = model.get_submodule(name.rpartition(".")[0])
-            scale = m.to(torch.float32) * std if std > 0 and m is not None else None
-            hook = self._swap(scales.get(name), m, scale, f)
-            self.handles.append(module.register_forward_pre_hook(hook))
-            self.handles.append(module.register_forward_hook(self._restore))
+            self.handles.append(module.register_forward_pre_hook(self._swap(m.float() * std)))
+            self.handles.append(module.register_forward_hook(self._restore, prepend=True))
 
-    def _swap(
-        self, alpha: Tensor | None, keep: Tensor | None, scale: Tensor | None, f: Faults | None
-    ) -> Callable[[nn.Module, Any], None]:
-        idx, sub = None, None
-        if f is not None:  # only the weights with a stuck cell (a few %)
-            idx = (f.stuck_min | f.stuck_max).flatten(0, 1).any(0).flatten().nonzero().squeeze(1)
-            sub = Faults(f.stuck_min.flatten(2)[:, :, idx], f.stuck_max.flatten(2)[:, :, idx])
-
+    def _swap(self, scale: Tensor) -> Callable[[nn.Module, Any], None]:
         def hook(module: nn.Module, args: Any) -> None:
             w = module._parameters["weight"]
-            if w is None or (sub is None and not module.training):
+            if w is None or not module.training:
                 return
             with torch.no_grad():
-                delta = torch.zeros_like(w)
-                if sub is not None and idx is not None:
-                    q, a = levels_at(w, alpha, keep, self.spec.weight_bits, idx)
-                    read = fault_levels(q, sub, self.spec).to(w) * a
-                    delta.view(-1)[idx] = read - w.detach().reshape(-1)[idx]
-                if scale is not None and module.training:
-                    delta += torch.randn(w.shape, generator=self.gen).to(w) * scale.to(w)
+                delta = torch.randn(w.shape, generator=self.gen).to(w) * scale.to(w)
             self.saved[id(module)] = (module, w)
             module._parameters["weight"] = w + delta  # type: ignore[assignment]
 
@@ -318,8 +198,8 @@ def fault_read_error(
 ) -> float:
     """max |α·read(q) − chip| over all weights, the chip programmed with stuck cells only.
 
-    0 (up to the readout's 2^−24 level grid) when :func:`fault_levels` models the
-    chip exactly.
+    0 (up to the readout's 2^−24 level grid) when ``fault_levels`` models the chip
+    exactly.
     """
     stuck = DeviceNoise(stuck_min=noise.stuck_min, stuck_max=noise.stuck_max)
     chip = dict(
@@ -328,14 +208,11 @@ def fault_read_error(
         ).named_parameters()
     )
     err, table = 0.0, {n: masks[n] for n in masks.names}
-    for name, f in fault_masks(model, spec, noise, seed=seed).items():
-        w, keep = model.get_parameter(name).detach(), table.get(name)
-        idx = torch.arange(w.numel())
-        q, a = levels_at(w, masks.scales.get(name), keep, spec.weight_bits, idx)
-        read = (
-            fault_levels(q, Faults(f.stuck_min.flatten(2), f.stuck_max.flatten(2)), spec).to(w) * a
-        )
-        err = max(err, float((read - chip[name].detach().reshape(-1)).abs().max()))
+    for name, f in fault_masks(model, spec, noise, seed=seed, masks=masks).items():
+        w = model.get_parameter(name).detach()
+        q, a = grid_levels(w, spec, alpha=masks.scales.get(name), mask=table.get(name))
+        read = fault_levels(q, f, spec).to(w.dtype) * a
+        err = max(err, float((read - chip[name].detach()).abs().max()))
     return err
 
 
@@ -370,12 +247,12 @@ class Aware:
     meta: dict[str, Any]
 
     def chips(self, model: nn.Module, seeds: Sequence[int]) -> ChipsResult:
-        """Accuracy of ``model`` on the chips with these (consecutive) seeds."""
+        """Accuracy of ``model`` on the chips with these (consecutive) seeds (built cells)."""
         return evaluate_on_chips(
             model,
             self.spec,
             self.noise,
-            chip_score(self.cells, self.test_loader),
+            self.test_loader,
             n_chips=len(seeds),
             seed=seeds[0],
             masks=self.masks,
@@ -385,20 +262,18 @@ class Aware:
     def retrain(self, epochs: int, chip: int | None = None, pin: bool = False) -> nn.Module:
         """A copy retrained with the masks and the injected noise (and chip's faults)."""
         faults = None
-        if chip is not None:
-            raw = fault_masks(self.model, self.spec, self.noise, seed=chip)
-            faults = {
-                n: Faults(f.stuck_min & self.cells[n], f.stuck_max & self.cells[n])
-                for n, f in raw.items()
-            }
+        if chip is not None:  # only existing cells (built tiles) can be stuck
+            faults = fault_masks(self.model, self.spec, self.noise, seed=chip, masks=self.masks)
         m = copy.deepcopy(self.model).train()
         masks = Masks.load(self.out / "masks.safetensors").attach(m)
-        pins = pin_faults(m, faults, self.spec, scales=masks.scales) if pin and faults else None
+        pins = reads = None
+        if faults and pin:
+            pins = pin_faults(m, faults, self.spec, scales=masks.scales)
+        elif faults:
+            reads = read_faults(m, faults, self.spec, scales=masks.scales, masks=masks)
         keep = {n: masks[n] for n in masks.names}
         cfg = self.cfg.model_copy(update={"epochs": epochs})
-        hooks = ChipForward(
-            m, self.spec, masks.scales, keep, self.stds, None if pin else faults, seed=cfg.seed + 1
-        )
+        hooks = NoiseForward(m, keep, self.stds, seed=cfg.seed + 1)
         x, y = subset(self.ds.train_x, self.ds.train_y, cfg.train_samples)
         where = self.out / ("bench-noise-aware" if chip is None else f"bench-fault-aware-{chip}")
         try:
@@ -406,8 +281,9 @@ class Aware:
             fit(m, train, self.test_loader, cfg, where, meta=self.meta, progress=False)
         finally:
             hooks.detach()
-            if pins is not None:
-                pins.detach()
+            for h in (reads, pins):
+                if h is not None:
+                    h.detach()
             masks.detach(m)
         return m.eval()
 
@@ -448,7 +324,7 @@ def bench(name: str, recipe_name: str, settings: dict[str, Any], args: Any) -> d
     eval_cfg = recipe.pretrain or recipe.compress or recipe.retrain
     tx, ty = subset(ds.test_x, ds.test_y, eval_cfg.test_samples)
     test_loader = loader(ds, tx, ty, eval_cfg.eval_batch_size, False)
-    cells = existing_cells(model, masks, spec)
+    cells = built_cells(model, spec, masks)
     mode = args.fa_mode if spec.mapping == "differential" else "pin"
     cfg = recipe.retrain.model_copy(update={"lr": args.aware_lr, "schedule": "cosine"})
     stds = variation_rms(model, spec, noise, masks)

@@ -71,11 +71,13 @@ BITS = {
 }
 
 
-def go(name: str, recipe: str, settings: dict[str, Any], data_dir: str) -> dict[str, Any]:
-    """Run one recipe with settings; return its summary."""
+def go(
+    name: str, recipe: str, settings: dict[str, Any], data_dir: str, resume: bool = False
+) -> dict[str, Any]:
+    """Run one recipe with settings (``resume``: continue its unfinished stage); summarise."""
     t0 = time.perf_counter()
     r = load_recipe(recipe, {**settings, "out": str(OUT / name), "data_dir": data_dir})
-    result = run(r, progress=False)
+    result = run(r, progress=False, resume=resume)
     report = json.loads((result.out / "report.json").read_text())
     return {
         "name": name,
@@ -126,7 +128,7 @@ def main() -> None:
     if any(w.startswith("strong-") for w in wanted):
         if not (OUT / "strong-pretrain" / "model.safetensors").exists():
             dense = {"pretrain.epochs": 40, "pretrain.weight_decay": 5e-4}
-            go("strong-pretrain", "lenet5-mnist", dense, args.data_dir)
+            go("strong-pretrain", "lenet5-mnist", dense, args.data_dir, resume=True)
         strong["pretrained"] = str(OUT / "strong-pretrain" / "model.safetensors")
     if "strong-admm" in wanted:
         results.append(go("strong-admm", "lenet5-mnist-admm", strong, args.data_dir))

@@ -6,6 +6,8 @@ sampling tolerances where it is random, on tensors large enough to be tight.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import math
 
 import pytest
@@ -16,13 +18,17 @@ from torch import nn
 
 import dualprune as dp
 from dualprune.errors import ConfigError, ConstraintError, PlanError
-from dualprune.hardware.chips import chip_layers, evaluate_on_chips, program_chip
+from dualprune.hardware.chips import built_cells, chip_layers, evaluate_on_chips, program_chip
 from dualprune.hardware.conductance import (
+    built_weights,
+    cell_shape,
+    conductances_to_levels,
     conductances_to_weights,
     level_offset,
     to_levels,
     weights_to_conductances,
 )
+from dualprune.hardware.crossbar import map_model
 from dualprune.hardware.devices import (
     DeviceNoise,
     Faults,
@@ -32,7 +38,13 @@ from dualprune.hardware.devices import (
     read_sigma,
     sample_faults,
 )
-from dualprune.hardware.faults import fault_masks, pin_faults, pinned_values
+from dualprune.hardware.faults import (
+    fault_levels,
+    fault_masks,
+    pin_faults,
+    pinned_values,
+    read_faults,
+)
 from dualprune.hardware.spec import CrossbarSpec
 
 # ---- helpers ------------------------------------------------------------------------------
@@ -307,7 +319,172 @@ def test_evaluate_on_chips() -> None:
         evaluate_on_chips(model, spec, DeviceNoise(), loader, n_chips=0)
 
 
+# ---- built crossbars ---------------------------------------------------------------------
+
+
+def test_built_weights_are_whole_tiles_with_a_kept_weight() -> None:
+    spec = CrossbarSpec(rows=4, cols=4, weight_bits=3, cell_bits=2)  # tiles of 4 rows × 2 columns
+    keep = torch.zeros(5, 9, dtype=torch.bool)  # GEMM view 9 × 5: tiles 3 × 3 (last ones cut)
+    keep[0, 1] = True  # tile (rows 0-3, columns 0-1)
+    keep[4, 8] = True  # tile (row 8, column 4)
+    expected = torch.zeros(5, 9, dtype=torch.bool)
+    expected[0:2, 0:4] = True
+    expected[4:5, 8:9] = True
+    assert torch.equal(built_weights(keep, spec), expected)
+    # a grouped conv tiles every group on its own: 2 groups of 2 outputs × 4 inputs
+    conv = torch.zeros(4, 1, 2, 2, dtype=torch.bool)
+    conv[3, 0, 1, 1] = True
+    built = built_weights(conv, spec, groups=2)
+    assert built[2:].all() and not built[:2].any()
+    with pytest.raises(ConstraintError, match="groups"):
+        built_weights(conv, spec, groups=3)
+
+
+@pytest.mark.parametrize("mapping", ["differential", "offset"])
+def test_built_cells_count_the_crossbars_of_the_grid_layout(mapping: str) -> None:
+    spec = CrossbarSpec(rows=6, cols=8, weight_bits=4, cell_bits=2, mapping=mapping)
+    spec = dataclasses.replace(spec, cols=2 * spec.columns_per_weight)  # tiles of 6 × 2
+    # GEMM views: conv 2 groups of 18 × 4, fc 12 × 4 (whole tiles only)
+    model = nn.Sequential(nn.Conv2d(4, 8, 3, groups=2), nn.Flatten(), nn.Linear(12, 4))
+    g = torch.Generator().manual_seed(0)
+    masks = dp.Masks(
+        {
+            n: torch.rand(p.shape, generator=g) < 0.06
+            for n, p in model.named_parameters()
+            if p.dim() > 1
+        }
+    )
+    built = built_cells(model, spec, masks)
+    report = map_model(model, spec, masks, layout="grid")
+    for layer in report.layers:
+        b, keep = built[f"{layer.name}.weight"], masks[f"{layer.name}.weight"]
+        assert bool(b[keep].all()) and int(b.sum()) == layer.crossbars * 12
+    totals = report.totals()
+    assert 0 < totals["crossbars"] < totals["dense_crossbars"]
+
+
+def _tiled() -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    """fc (4×8) whose tiles of 4 rows × 2 columns: columns 0-1 × rows 0-3 and 4-7 are empty."""
+    model = nn.Sequential(nn.Linear(8, 4))
+    keep = torch.ones(4, 8, dtype=torch.bool)
+    keep[0:2, :] = False  # outputs 0-1: both of their tiles hold no kept weight
+    keep[2, 0] = False
+    return model, {"0.weight": keep}
+
+
+def test_unbuilt_tiles_read_zero_on_every_chip() -> None:
+    spec = CrossbarSpec(rows=4, cols=4, weight_bits=4, cell_bits=2, mapping="offset")  # S = 2
+    model, keep = _tiled()
+    built = built_weights(keep["0.weight"], spec)
+    assert not built[0:2].any() and built[2:].all()
+    # every cell stuck at g_max, references too: a built weight reads 15 − 3·4 = 3 levels...
+    stuck = DeviceNoise(stuck_max=1.0)
+    chip = program_chip(model, spec, stuck, masks=keep, seed=1)
+    alpha = to_levels(model[0].weight.detach(), 4, mask=keep["0.weight"])[1]
+    w = chip[0].weight.detach()
+    assert bool((w[0:2] == 0).all()) and torch.equal(w[2:], torch.full((2, 8), 3.0) * alpha)
+    # ...and without built_only every cell exists, pruned tiles included (the old model)
+    everywhere = program_chip(model, spec, stuck, masks=keep, seed=1, built_only=False)
+    assert torch.equal(everywhere[0].weight.detach(), torch.full((4, 8), 3.0) * alpha)
+    # faults: the same draws, dropped outside built tiles
+    f = fault_masks(model, spec, stuck, masks=keep)["0.weight"]
+    f_all = fault_masks(model, spec, stuck, masks=keep, built_only=False)["0.weight"]
+    assert not f.stuck_max[:, :, 0:2].any() and torch.equal(
+        f.stuck_max[:, :, 2:], f_all.stuck_max[:, :, 2:]
+    )
+    # variation and read noise do not reach unbuilt tiles either (differential)
+    noisy = DeviceNoise(sigma=0.05, read=0.05, stuck_min=0.1, stuck_max=0.1)
+    chip = program_chip(
+        model, CrossbarSpec(rows=4, cols=4, weight_bits=3, cell_bits=2), noisy, masks=keep, seed=2
+    )
+    seen = []
+    chip[0].register_forward_pre_hook(lambda m, a: seen.append(m.weight.detach().clone()))
+    chip(torch.ones(1, 8))
+    chip(torch.ones(1, 8))
+    assert not torch.equal(seen[0], seen[1])
+    assert all(bool((s[0:2] == 0).all()) and bool((s[2:] != 0).any()) for s in seen)
+
+
 # ---- fault-aware retraining --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mapping", ["differential", "offset"])
+@pytest.mark.parametrize(("bits", "cells"), [(3, 2), (5, 1), (8, 3)])
+def test_fault_levels_are_what_the_stuck_cells_read(mapping: str, bits: int, cells: int) -> None:
+    spec = CrossbarSpec(weight_bits=bits, cell_bits=cells, mapping=mapping, cols=16)
+    top = 2 ** (bits - 1) - 1
+    q = torch.randint(-top, top + 1, (9, 7), generator=torch.Generator().manual_seed(bits))
+    noise = DeviceNoise(stuck_min=0.2, stuck_max=0.2)
+    f = sample_faults(cell_shape(spec, (9, 7)), noise, cell_generator(0, "w", "faults"))
+    cond = weights_to_conductances(q, spec)  # healthy reference cells
+    stuck = cond.G.masked_fill(f.stuck_min, spec.g_min).masked_fill(f.stuck_max, spec.g_max)
+    expected = conductances_to_levels(dataclasses.replace(cond, G=stuck))
+    assert torch.equal(fault_levels(q, f, spec).double(), expected)
+    none = torch.zeros_like(f.stuck_min)
+    assert torch.equal(fault_levels(q, Faults(none, none), spec), q)
+    with pytest.raises(ConstraintError, match="faults"):
+        fault_levels(q[:3], f, spec)
+
+
+@pytest.mark.parametrize(("bits", "cells"), [(3, 2), (8, 2)])
+def test_read_faults_forward_is_the_faulty_chip(bits: int, cells: int) -> None:
+    spec = CrossbarSpec(rows=8, cols=8, weight_bits=bits, cell_bits=cells)
+    noise = DeviceNoise(stuck_min=0.05, stuck_max=0.05)
+    model = tiny()
+    q = dp.Sparsity(0.5) & dp.Quantization(bits=bits)
+    masks = dp.Masks.from_constraints(model, {"conv": q, "fc": q})
+    masks.apply(model)
+    chip = program_chip(model, spec, noise, masks=masks, scales=masks.scales, seed=5)
+    faults = fault_masks(model, spec, noise, seed=5, masks=masks)
+    plain = copy.deepcopy(model)
+    masks.attach(model)
+    reads = read_faults(model, faults, spec, masks=masks)
+    assert 0 < reads.counts["fc.weight"] < model.fc.weight.numel()
+    before = model.fc.weight.detach().clone()
+    y = model(X)
+    assert torch.equal(y, chip(X))  # exactly what the chip computes
+    assert torch.equal(model.fc.weight, before) and model.fc.weight.is_leaf  # W not written
+    y.square().mean().backward()
+    chip(X).square().mean().backward()  # straight-through: dL/dW = dL/dW_chip (kept W)
+    keep = masks["fc.weight"]
+    assert torch.allclose(model.fc.weight.grad[keep], chip.fc.weight.grad[keep], rtol=1e-5)
+    reads.detach()
+    masks.detach()
+    reads.detach()  # idempotent
+    assert torch.equal(model(X), plain(X))
+    with pytest.raises(ConfigError, match="'nope.weight'"):
+        read_faults(model, {"nope.weight": faults["fc.weight"]}, spec)
+
+
+def test_read_faults_follow_the_weights_while_they_train() -> None:
+    spec = CrossbarSpec(weight_bits=8, cell_bits=2)  # 4 slices: pinning would be far off
+    noise = DeviceNoise(stuck_min=0.03, stuck_max=0.03)
+    model = tiny()
+    masks = dp.Masks.from_constraints(model, {"fc": dp.Quantization(bits=8)}).attach(model)
+    faults = fault_masks(model, spec, noise, seed=2, layers="fc")
+    reads = read_faults(model, faults, spec, scales=masks.scales)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    for _ in range(2):
+        opt.zero_grad()
+        model(X).square().mean().backward()
+        faulty = (
+            (faults["fc.weight"].stuck_min | faults["fc.weight"].stuck_max).flatten(0, 1).any(0)
+        )
+        assert bool((model.fc.weight.grad[faulty] != 0).any())  # faulty weights still train
+        opt.step()
+    reads.detach()
+    masks.detach()
+    chip = program_chip(
+        model,
+        spec,
+        DeviceNoise(stuck_min=0.03, stuck_max=0.03),
+        layers="fc",
+        scales=masks.scales,
+        seed=2,
+    )
+    reads = read_faults(model, faults, spec, scales=masks.scales)
+    assert torch.equal(model(X), chip(X))  # still the chip after the weights moved
+    reads.detach()
 
 
 def test_pinned_values_follow_the_stuck_cells() -> None:

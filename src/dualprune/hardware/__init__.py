@@ -4,16 +4,17 @@
 - :func:`map_model`: the GEMM view of every layer cut into crossbar tiles.
 - :func:`crossbar_plan` (also ``Plan.for_crossbar``): constraints aligned with the tiles.
 - :func:`cost` / :func:`cost_vs_dense`: energy, area and latency under a named profile.
-- :class:`DeviceNoise`, :func:`program_chip`, :func:`evaluate_on_chips`, :func:`pin_faults`:
-  device non-idealities, Monte-Carlo accuracy over chips, fault-aware retraining
-  (docs/devices.md).
+- :class:`DeviceNoise`, :func:`program_chip`, :func:`evaluate_on_chips`,
+  :func:`read_faults`, :func:`pin_faults`: device non-idealities, Monte-Carlo
+  accuracy over chips, fault-aware retraining (docs/devices.md).
 
 Reads models and masks; never imports solvers.
 """
 
-from dualprune.hardware.chips import ChipsResult, evaluate_on_chips, program_chip
+from dualprune.hardware.chips import ChipsResult, built_cells, evaluate_on_chips, program_chip
 from dualprune.hardware.conductance import (
     Conductances,
+    built_weights,
     conductances_to_weights,
     grid_levels,
     to_levels,
@@ -30,7 +31,15 @@ from dualprune.hardware.crossbar import (
     weight_levels,
 )
 from dualprune.hardware.devices import DeviceNoise, Faults, program, read
-from dualprune.hardware.faults import PinnedFaults, fault_masks, pin_faults, pinned_values
+from dualprune.hardware.faults import (
+    FaultReads,
+    PinnedFaults,
+    fault_levels,
+    fault_masks,
+    pin_faults,
+    pinned_values,
+    read_faults,
+)
 from dualprune.hardware.plan import CROSSBAR_STRUCTURES, crossbar_block, crossbar_plan
 from dualprune.hardware.profiles import (
     PROFILES,
@@ -53,6 +62,7 @@ __all__ = [
     "CrossbarReport",
     "CrossbarSpec",
     "DeviceNoise",
+    "FaultReads",
     "Faults",
     "FormulaADC",
     "LayerCost",
@@ -63,6 +73,8 @@ __all__ = [
     "TableADC",
     "TileMap",
     "adc_bits",
+    "built_cells",
+    "built_weights",
     "cell_levels",
     "conductances_to_weights",
     "cost",
@@ -70,6 +82,7 @@ __all__ = [
     "crossbar_block",
     "crossbar_plan",
     "evaluate_on_chips",
+    "fault_levels",
     "fault_masks",
     "get_profile",
     "grid_levels",
@@ -79,6 +92,7 @@ __all__ = [
     "program",
     "program_chip",
     "read",
+    "read_faults",
     "to_levels",
     "weight_levels",
     "weights_to_conductances",

@@ -7,6 +7,11 @@ selected Conv/Linear weight is quantized to the spec's b-bit grid, laid onto cel
 and read back. Biases and BatchNorm stay digital. A chip with read noise draws a
 fresh read at every forward (a forward pre-hook writes the weight).
 
+Only crossbars that hold a kept weight are built
+(:func:`~dualprune.hardware.conductance.built_weights`): by default a weight in a
+tile with no kept weight has no cells, so it reads exactly 0 on every chip (no stuck
+cell, variation or read noise reaches it).
+
 Fault-aware retraining (one chip's stuck cells and the weights they force) lives in
 :mod:`dualprune.hardware.faults`.
 """
@@ -25,9 +30,10 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from dualprune.errors import ConfigError, PlanError
+from dualprune.errors import ConfigError, ConstraintError, PlanError
 from dualprune.hardware.conductance import (
     Conductances,
+    built_weights,
     column_crossbars,
     conductances_to_levels,
     conductances_to_weights,
@@ -47,6 +53,7 @@ from dualprune.train.loop import evaluate
 
 __all__ = [
     "ChipsResult",
+    "built_cells",
     "chip_layers",
     "evaluate_on_chips",
     "program_chip",
@@ -108,14 +115,53 @@ def _tables(
     return keep, scales
 
 
+def built_cells(
+    model: nn.Module,
+    spec: CrossbarSpec,
+    masks: MaskSource = None,
+    layers: LayerPatterns = None,
+) -> dict[str, Tensor]:
+    """:func:`built_weights` of every chip layer, by parameter name.
+
+    A weight is kept where its mask (``masks``, when it has one for the weight) is
+    True, else where W ≠ 0.
+
+    Raises:
+        ConfigError: a mask naming no parameter. PlanError: as :func:`chip_layers`.
+        ConstraintError: a mask of the wrong shape.
+    """
+    keep_by_name, _ = _tables(model, masks, None)
+    out = {}
+    for name, module in chip_layers(model, layers).items():
+        key = f"{name}.weight" if name else "weight"
+        keep = _keep(module.weight, keep_by_name.get(key), key)
+        out[key] = built_weights(keep, spec, int(getattr(module, "groups", 1)))
+    return out
+
+
+def _keep(weight: Tensor, mask: Tensor | None, key: str) -> Tensor:
+    """The kept weights of one layer: its mask, else W ≠ 0 (bool, on the CPU)."""
+    if mask is None:
+        return weight.detach().cpu() != 0
+    if tuple(mask.shape) != tuple(weight.shape):
+        raise ConstraintError(
+            f"mask of '{key}' has shape {tuple(mask.shape)}, the weight is {tuple(weight.shape)}"
+        )
+    return mask.detach().cpu().to(torch.bool)
+
+
 @dataclass(frozen=True)
 class _Layer:
-    """What one chip layer programs: levels q, scale α, support (cells are built per chip)."""
+    """What one chip layer programs: levels q, scale α, support, built weights (or None: all).
+
+    The cells themselves are made per chip (:meth:`cells`).
+    """
 
     q: Tensor
     alpha: Tensor
     keep: Tensor | None
     spec: CrossbarSpec
+    built: Tensor | None = None
 
     def cells(self) -> Conductances:
         return weights_to_conductances(self.q, self.spec, self.alpha, self.keep)
@@ -127,33 +173,46 @@ def _map_model(
     masks: MaskSource,
     scales: Mapping[str, Tensor] | None,
     layers: LayerPatterns,
+    built_only: bool = True,
 ) -> dict[str, _Layer]:
-    """Levels and scales of every chip layer, keyed by parameter name (computed once)."""
+    """Levels, scales and built weights of every chip layer, by parameter name (computed once)."""
     keep, alphas = _tables(model, masks, scales)
     out = {}
     for name, module in chip_layers(model, layers).items():
         key = f"{name}.weight" if name else "weight"
         w, m = module.weight.detach(), keep.get(key)
         q, alpha = grid_levels(w, spec, alpha=alphas.get(key), mask=m)
-        out[key] = _Layer(q.to(torch.int32), alpha, None if m is None else m.to(torch.bool), spec)
+        built = None
+        if built_only:
+            built = built_weights(_keep(w, m, key), spec, int(getattr(module, "groups", 1)))
+            built = None if bool(built.all()) else built.to(w.device)
+        mask = None if m is None else m.to(torch.bool)
+        out[key] = _Layer(q.to(torch.int32), alpha, mask, spec, built)
     return out
 
 
 class _ReadNoise:
-    """Forward pre-hook of one layer: W ← α·(ℓ + σ·N [− σ_ref·N_ref]) at every forward."""
+    """Forward pre-hook of one layer: W ← α·(ℓ + σ·N [− σ_ref·N_ref]) at every forward
+    (0 for weights in unbuilt tiles)."""
 
-    def __init__(self, cond: Conductances, noise: DeviceNoise, gen: torch.Generator) -> None:
+    def __init__(
+        self,
+        cond: Conductances,
+        noise: DeviceNoise,
+        gen: torch.Generator,
+        built: Tensor | None = None,
+    ) -> None:
         self.level = conductances_to_levels(cond).to(cond.dtype)
         sigma, ref = read_sigma(cond, noise)
         self.sigma = sigma.to(cond.dtype)
         self.ref = None if ref is None else ref.to(cond.dtype)
-        self.alpha, self.gen = cond.alpha, gen
+        self.alpha, self.gen, self.built = cond.alpha, gen, built
         self.tiles = column_crossbars(cond.spec, cond.shape[0])
 
     def __call__(self, module: nn.Module, args: Any) -> None:
         w = module.weight
         if self.level.device != w.device:
-            for key in ("level", "sigma", "ref", "alpha", "tiles"):
+            for key in ("level", "sigma", "ref", "alpha", "tiles", "built"):
                 value = getattr(self, key)
                 setattr(self, key, None if value is None else value.to(w.device))
         noise = torch.randn(w.shape, generator=self.gen, dtype=w.dtype).to(w.device)
@@ -161,25 +220,35 @@ class _ReadNoise:
         if self.ref is not None:
             shared = torch.randn(self.ref.shape, generator=self.gen, dtype=w.dtype).to(w.device)
             level = level - (self.ref * shared).index_select(0, self.tiles)
+        value = level * self.alpha
+        if self.built is not None:
+            value = value.masked_fill(~self.built, 0)
         with torch.no_grad():
-            w.copy_(level * self.alpha)
+            w.copy_(value)
 
 
 def _program_mapped(
     model: nn.Module, mapped: Mapping[str, _Layer], noise: DeviceNoise, seed: int
 ) -> nn.Module:
-    """A deep copy of ``model`` holding one chip's read-back weights."""
+    """A deep copy of ``model`` holding one chip's read-back weights.
+
+    Every cell is drawn (the streams do not depend on what is built); weights of
+    unbuilt tiles are then read as 0, which is exactly a chip without those cells.
+    """
     chip = copy.deepcopy(model)
     params = dict(chip.named_parameters())
     for key, layer in mapped.items():
         cells = program(layer.cells(), noise, seed=seed, name=key)
         weight = params[key]
+        value = conductances_to_weights(cells)
+        if layer.built is not None:
+            value = value.masked_fill(~layer.built.to(value.device), 0)
         with torch.no_grad():
-            weight.copy_(conductances_to_weights(cells))
+            weight.copy_(value)
         if noise.read > 0:
             module = chip.get_submodule(key.rpartition(".")[0])
             gen = cell_generator(seed, key, "read")
-            module.register_forward_pre_hook(_ReadNoise(cells, noise, gen))
+            module.register_forward_pre_hook(_ReadNoise(cells, noise, gen, layer.built))
     return chip
 
 
@@ -192,6 +261,7 @@ def program_chip(
     scales: Mapping[str, Tensor] | None = None,
     seed: int = 0,
     layers: LayerPatterns = None,
+    built_only: bool = True,
 ) -> nn.Module:
     """A deep copy of ``model`` whose chip layers hold the weights one programmed chip reads.
 
@@ -206,6 +276,9 @@ def program_chip(
             bool tensors): pruned weights are q = 0 and, differential, unprogrammed.
         scales: α by parameter name (e.g. ``masks.scales``).
         layers: Patterns of the layers on the chip (default: every Conv/Linear).
+        built_only: Only the cells of built crossbar tiles exist (``built_weights``:
+            tiles with a kept weight, kept = mask, else W ≠ 0); weights of the other
+            tiles read exactly 0. False: every weight has cells (any may be stuck).
 
     Raises:
         ConfigError: a spec with weight_bits < 2, a mask or scale naming no parameter.
@@ -213,7 +286,8 @@ def program_chip(
         ConstraintError: a mask of the wrong shape, α < 0.
     """
     noise = DeviceNoise() if noise is None else noise
-    return _program_mapped(model, _map_model(model, spec, masks, scales, layers), noise, seed)
+    mapped = _map_model(model, spec, masks, scales, layers, built_only)
+    return _program_mapped(model, mapped, noise, seed)
 
 
 @dataclass(frozen=True)
@@ -291,20 +365,22 @@ def evaluate_on_chips(
     layers: LayerPatterns = None,
     device: torch.device | str | None = None,
     progress: bool | None = None,
+    built_only: bool = True,
 ) -> ChipsResult:
     """Accuracy of ``n_chips`` chips programmed with seeds seed, seed + 1, … (mean ± std).
 
     ``data`` is a loader of (x, y) batches (scored by ``dualprune.train.evaluate``:
     top-1 accuracy) or a callable ``f(chip) -> accuracy`` (or a dict with ``"acc"``).
     The mapping (α, levels) is computed once; each chip is a fresh programming of it.
-    ``progress``: a tqdm bar over chips (None: on a terminal only).
+    ``progress``: a tqdm bar over chips (None: on a terminal only). ``built_only``:
+    as :func:`program_chip`.
 
     Raises:
         ConfigError: n_chips < 1, and as :func:`program_chip`.
     """
     if isinstance(n_chips, bool) or not isinstance(n_chips, int) or n_chips < 1:
         raise ConfigError(f"n_chips must be a positive integer, got {n_chips!r}")
-    mapped = _map_model(model, spec, masks, scales, layers)
+    mapped = _map_model(model, spec, masks, scales, layers, built_only)
     ideal = _score(_program_mapped(model, mapped, DeviceNoise(), seed), data, device)
     seeds = [seed + k for k in range(n_chips)]
     disable = (not progress) if progress is not None else (None if n_chips > 1 else True)

@@ -13,7 +13,8 @@ an integer level q ∈ [−L, L]; a cell at level ℓ ∈ [0, top] holds G = g_m
                   per input row of each crossbar (the dummy reference column);
                   W = α·(Σ_s 2^{cs}·ℓ̂_s − 2^{c(S−1)}·ℓ̂^ref)
 
-What real devices do to these conductances is in :mod:`dualprune.hardware.devices`.
+Which cells exist at all: :func:`built_weights` (a crossbar tile with no kept weight is
+not built). What real devices do to the conductances is in :mod:`dualprune.hardware.devices`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from dualprune.constraints import Quantization
@@ -29,6 +31,7 @@ from dualprune.hardware.spec import CrossbarSpec
 
 __all__ = [
     "Conductances",
+    "built_weights",
     "cell_shape",
     "column_crossbars",
     "conductances_to_levels",
@@ -266,3 +269,33 @@ def conductances_to_weights(cond: Conductances) -> Tensor:
     ``q.to(dtype) * α``, i.e. ``Quantization(bits=b).project(W)`` bit for bit.
     """
     return conductances_to_levels(cond).to(cond.dtype) * cond.alpha
+
+
+def built_weights(keep: Tensor, spec: CrossbarSpec, groups: int = 1) -> Tensor:
+    """True where a weight lies in a crossbar tile that holds a kept weight (is built).
+
+    The GEMM view of one group, R × C (R = in/groups·Πk inputs, C = out/groups
+    outputs, as :func:`~dualprune.hardware.crossbar.map_model` reads it), is cut in
+    place into X_r × b_c tiles (``spec.rows`` × ``spec.logical_cols``, the ``"grid"``
+    layout of crossbar-aware plans); a tile with no kept weight needs no crossbar, so
+    none of its cells exist. ``keep``: bool of the weight's shape (mask, or W ≠ 0).
+
+    Returns:
+        Bool tensor of ``keep``'s shape.
+
+    Raises:
+        ConstraintError: a 0-d ``keep``, or outputs not divisible by ``groups``.
+    """
+    if keep.dim() == 0 or isinstance(groups, bool) or groups < 1 or keep.shape[0] % groups:
+        raise ConstraintError(
+            f"built_weights needs a weight of shape (out, ...) with out divisible by groups; "
+            f"got shape {tuple(keep.shape)} and groups={groups!r}"
+        )
+    c = keep.shape[0] // groups
+    occ = keep.reshape(groups, c, -1).to(torch.uint8)  # (groups, C, R)
+    r, br, bc = occ.shape[2], spec.rows, spec.logical_cols
+    tr, tc = -(-r // br), -(-c // bc)
+    padded = F.pad(occ, (0, tr * br - r, 0, tc * bc - c))  # (groups, TC·b_c, TR·X_r)
+    tiles = padded.view(groups, tc, bc, tr, br)
+    used = tiles.amax(dim=(2, 4), keepdim=True).expand(groups, tc, bc, tr, br)
+    return used.reshape(groups, tc * bc, tr * br)[:, :c, :r].reshape(keep.shape).bool()

@@ -22,7 +22,11 @@ its sets. The groups of ``channel_groups`` are therefore split in two:
 
 One channel ratio r serves both: the smallest r (bisection) at which the
 compaction plan of the magnitude-projected pretrained model has MACs ≤ target ×
-dense. After the solver phase: hard prune (solver masks ∧ coupled masks),
+dense. Both keep a multiple of ``--multiple-of`` M (8) channels in every group
+(``Sparsity(r, "channel", multiple_of=M)``, ``coupled_masks(..., multiple_of=M)``;
+a group of at most M channels keeps all), since oneDNN's convolutions work on
+blocks of 8 or 16 channels and pad the rest; ``--multiple-of 1`` is the plain
+count. After the solver phase: hard prune (solver masks ∧ coupled masks),
 ``compact``, then plain fine-tuning of the small dense model.
 
 Torch-Pruning: ``MagnitudePruner`` (L2 magnitude, ``fc`` ignored), one-shot from
@@ -95,19 +99,27 @@ def channel_masks(
     residual: list[ChannelGroup],
     ratio: float,
     per_layer: dp.Masks | None = None,
+    multiple_of: int = 8,
 ) -> dict[str, Tensor]:
     """Masks (True = kept) of the readers' input channels ∧ the residual groups' channels.
 
     Both by magnitude at the current weights, unless ``per_layer`` (a solver's
-    hard-prune masks) gives the readers' masks.
+    hard-prune masks) gives the readers' masks; every kept count is a multiple
+    of ``multiple_of`` (or the whole group).
     """
     if per_layer is None:
-        constraints = {n: dp.Sparsity(ratio, "channel") for n in readers}
+        constraints = {n: reader_constraint(ratio, multiple_of) for n in readers}
         per_layer = dp.Masks.from_constraints(model, constraints)
-    masks = coupled_masks(dict(model.named_parameters()), residual, ratio)
+    params = dict(model.named_parameters())
+    masks = coupled_masks(params, residual, ratio, multiple_of=multiple_of)
     for name in per_layer.names:
         masks[name] = masks[name] & per_layer[name] if name in masks else per_layer[name]
     return masks
+
+
+def reader_constraint(ratio: float, multiple_of: int) -> dp.Sparsity:
+    """The solver's set on a chain group's reader: its input channels, counts rounded."""
+    return dp.Sparsity(ratio, "channel", multiple_of=multiple_of)
 
 
 def bisect(
@@ -125,8 +137,14 @@ class WithCoupledProjection:
     """A solver's hooks (delegated), plus W ← Π_{S_G}(W) on the residual groups after
     every epoch (its ``update``)."""
 
-    def __init__(self, solver: dp.solvers.Solver, groups: list[ChannelGroup], ratio: float):
-        self.solver, self.groups, self.ratio = solver, groups, ratio
+    def __init__(
+        self,
+        solver: dp.solvers.Solver,
+        groups: list[ChannelGroup],
+        ratio: float,
+        multiple_of: int,
+    ) -> None:
+        self.solver, self.groups, self.ratio, self.multiple_of = solver, groups, ratio, multiple_of
 
     def __getattr__(self, name: str) -> Any:  # history, regularize, step, state_dict, ...
         return getattr(self.solver, name)
@@ -135,7 +153,8 @@ class WithCoupledProjection:
         record = self.solver.update(train_loss)
         params = dict(self.solver.model.named_parameters())
         with torch.no_grad():
-            for name, keep in coupled_masks(params, self.groups, self.ratio).items():
+            masks = coupled_masks(params, self.groups, self.ratio, multiple_of=self.multiple_of)
+            for name, keep in masks.items():
                 params[name].mul_(keep)
         return record
 
@@ -169,6 +188,13 @@ def main() -> None:
     p.add_argument("--pretrain-epochs", type=int, default=12)
     p.add_argument("--pretrain-lr", type=float, default=0.1)
     p.add_argument("--macs-target", type=float, default=0.5, help="MACs after / dense MACs")
+    p.add_argument(
+        "--multiple-of",
+        type=int,
+        default=8,
+        metavar="M",
+        help="kept channels of every group are a multiple of M (or all of them); 1 = any count",
+    )
     p.add_argument("--solver", default="slr", choices=["slr", "admm"])
     p.add_argument("--rho", type=float, default=0.1)
     p.add_argument("--solver-epochs", type=int, default=3)
@@ -180,6 +206,9 @@ def main() -> None:
     p.add_argument("--work", default="runs/bench-compact")
     p.add_argument("--out-json", default=None, help="write the JSON here, not into results/")
     args = p.parse_args()
+    if args.multiple_of < 1:
+        p.error(f"--multiple-of {args.multiple_of} is not allowed; use a positive int such as 8")
+    mult = args.multiple_of
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
 
@@ -231,21 +260,28 @@ def main() -> None:
     target = args.macs_target * dense_macs_total
 
     def plan_macs(r: float) -> float:
-        return compaction_plan(dense, x2, channel_masks(dense, readers, residual, r)).macs_after
+        masks = channel_masks(dense, readers, residual, r, multiple_of=mult)
+        return compaction_plan(dense, x2, masks).macs_after
 
     t0 = time.perf_counter()
+    if plan_macs(0.95) > target:
+        p.error(
+            f"--macs-target {args.macs_target} is out of reach with --multiple-of {mult} "
+            f"(ratio 0.95 keeps {plan_macs(0.95) / dense_macs_total:.2f} of the MACs); "
+            "raise the target or lower M"
+        )
     ratio = bisect(plan_macs, target, hi=0.95, steps=8)[1]
     print(f"channel ratio r = {ratio:.4f} ({time.perf_counter() - t0:.1f} s of bisection)")
     model = copy.deepcopy(dense).train()
-    plan = {n: dp.Sparsity(ratio, "channel") for n in readers}
+    plan = {n: reader_constraint(ratio, mult) for n in readers}
     solver = (SLR if args.solver == "slr" else ADMM)(model, plan, rho=args.rho)
-    hooks = WithCoupledProjection(solver, residual, ratio)
+    hooks = WithCoupledProjection(solver, residual, ratio, mult)
     curves = {}  # test accuracy per epoch of every training phase
     curves["dualprune solver"] = fit(
         model, train_loader(1), test_loader, phase1, work / "dp-solver", meta=meta, solver=hooks
     )
     hard = solver.hard_prune()  # conv2 input channels first, then score the residual groups
-    masks = channel_masks(model, readers, residual, ratio, per_layer=hard)
+    masks = channel_masks(model, readers, residual, ratio, per_layer=hard, multiple_of=mult)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         small = compact(model.eval(), x2, masks)
@@ -321,6 +357,7 @@ def main() -> None:
         "pretrained": args.pretrained,
         "pretrain_epochs": None if args.pretrained else args.pretrain_epochs,
         "macs_target": args.macs_target,
+        "multiple_of": mult,
         "channel_ratio": ratio,
         "tp_pruning_ratio": tp_ratio,
         "solver": {"name": args.solver, **getattr(solver, "settings", dict)()},
@@ -345,6 +382,7 @@ def main() -> None:
         f"CIFAR-10, {len(train_y)} train samples, pretrained "
         f"{args.pretrained or f'{args.pretrain_epochs} ep'} ({100 * dense_acc:.2f}%); "
         f"{args.solver_epochs} + {args.finetune_epochs} ep training; "
+        f"kept channels multiple of {mult}; "
         f"{args.threads} threads, {cpu_model()}"
     )
     rows = []

@@ -23,6 +23,17 @@ def kept(ratio: float, count: int) -> int:
     return min(count, max(0, math.floor((1.0 - ratio) * count + 0.5)))
 
 
+def kept_multiple(k: int, count: int, m: int) -> int:
+    """The element of {m, 2m, …, ⌊count/m⌋·m} ∪ {count} nearest to k, ties to the larger.
+
+    m = 1 leaves k alone (``multiple_of`` of filter, channel and coupled groups).
+    """
+    if m == 1:
+        return k
+    allowed = sorted({*range(m, count + 1, m), count})
+    return min(allowed, key=lambda a: (abs(a - k), -a))
+
+
 def _flat(shape: tuple[int, ...], o: int, r: int) -> int:
     """Flat index of weight entry (o, r) with r the flat (c, *k) input index."""
     return o * math.prod(shape[1:]) + r
@@ -38,13 +49,13 @@ def families(structure: str, shape: tuple[int, ...], ratio: float, **opt) -> lis
         return [([[i] for i in range(n)], kept(ratio, n))]
     if structure == "filter":
         groups = [[_flat(shape, o, r) for r in range(rows)] for o in range(out_)]
-        return [(groups, kept(ratio, out_))]
+        return [(groups, kept_multiple(kept(ratio, out_), out_, opt.get("multiple_of", 1)))]
     if structure == "channel":
         groups = [
             [_flat(shape, o, c * ks + s) for o in range(out_) for s in range(ks)]
             for c in range(in_)
         ]
-        return [(groups, kept(ratio, in_))]
+        return [(groups, kept_multiple(kept(ratio, in_), in_, opt.get("multiple_of", 1)))]
     if structure == "column":
         groups = [[_flat(shape, o, r) for o in range(out_)] for r in range(rows)]
         return [(groups, kept(ratio, rows))]

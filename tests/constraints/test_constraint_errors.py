@@ -51,8 +51,16 @@ def test_option_typo_lists_allowed_options():
 
 
 def test_option_on_a_structure_without_options():
-    with raises(ConstraintError, "Sparsity(filter) has no option 'm'", "allowed options: none"):
+    with raises(ConstraintError, "Sparsity(column) has no option 'm'", "allowed options: none"):
+        Sparsity(0.5, "column", m=4)
+    with raises(ConstraintError, "Sparsity(filter) has no option 'm'", "options: multiple_of"):
         Sparsity(0.5, "filter", m=4)
+
+
+@pytest.mark.parametrize("value", [0, -1, 2.5, "8", True])
+def test_bad_multiple_of(value):
+    with raises(ConstraintError, f"multiple_of={value!r} is not allowed", "a positive int"):
+        Sparsity(0.5, "channel", multiple_of=value)
 
 
 @pytest.mark.parametrize("block", [(0, 4), (4,), "4x4", (2.5, 2), (-1, 3)])

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from dualprune.constraints.base import Constraint, Intersection, kept_count
+from dualprune.constraints.base import Constraint, Intersection, kept_count, round_to_multiple
 from dualprune.constraints.groups import (
     ChannelGroup,
     TiedSlice,
@@ -48,6 +48,7 @@ __all__ = [
     "keep_channels",
     "kept_count",
     "project_coupled",
+    "round_to_multiple",
     "select_patterns",
 ]
 

@@ -23,18 +23,62 @@ from torch import Tensor
 
 from dualprune.errors import ConstraintError
 
-__all__ = ["Constraint", "Intersection", "kept_count", "shape_of"]
+__all__ = [
+    "Constraint",
+    "Intersection",
+    "check_multiple_of",
+    "kept_count",
+    "round_to_multiple",
+    "shape_of",
+]
 
 Shape = tuple[int, ...]
 
 
-def kept_count(ratio: float, count: int) -> int:
+def kept_count(ratio: float, count: int, multiple_of: int = 1) -> int:
     """k = round((1 − ratio)·count), the number of entries or groups Π_S keeps.
 
     Halves round up (``kept_count(0.5, 5) == 3``), so ``ratio`` 0 keeps everything
-    and the result is always in [0, count] (docs/algorithms.md §3).
+    and the result is always in [0, count] (docs/algorithms.md §3). With
+    ``multiple_of`` m > 1 that k is then moved to the nearest count a kernel
+    with channel blocks of m likes (:func:`round_to_multiple`); m = 1 changes nothing.
     """
-    return min(count, max(0, math.floor((1.0 - ratio) * count + 0.5)))
+    k = min(count, max(0, math.floor((1.0 - ratio) * count + 0.5)))
+    return k if multiple_of == 1 else round_to_multiple(k, count, multiple_of)
+
+
+def round_to_multiple(k: int, count: int, multiple_of: int) -> int:
+    """The count of A_m(C) = {m, 2m, …, ⌊C/m⌋·m} ∪ {C} nearest to k (ties: the larger).
+
+    m = ``multiple_of``, C = ``count``, 0 ≤ k ≤ C. Every result is a positive
+    multiple of m, or C itself ("keep all", the only choice when C ≤ m), so a
+    ratio of 0 (k = C) still keeps everything and k = 0 becomes m (or C). The map
+    is non-decreasing in k, so a smaller ratio never keeps fewer groups.
+    m = 1 returns k unchanged.
+
+    Example:
+        >>> [round_to_multiple(k, 45, 8) for k in (0, 11, 12, 23, 43, 45)]
+        [8, 8, 16, 24, 45, 45]
+    """
+    m = multiple_of
+    if m == 1 or count <= m:
+        return k if m == 1 else count
+    below = (k // m) * m  # the multiples of m on either side of k
+    candidates = [c for c in (below, below + m) if m <= c <= count] + [count]
+    return min(candidates, key=lambda c: (abs(c - k), -c))
+
+
+def check_multiple_of(value: object, where: str) -> int:
+    """``value`` as the int m of a ``multiple_of`` option; ConstraintError naming ``where`` if not.
+
+    m must be a positive int (not a bool); 1 means no rounding.
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConstraintError(
+            f"{where}: multiple_of={value!r} is not allowed; use a positive int such as 8 "
+            "(the kept count is rounded to a multiple of it; 1 = no rounding)"
+        )
+    return int(value)
 
 
 def shape_of(w_or_shape: Tensor | torch.Size | tuple[int, ...]) -> Shape:

@@ -10,7 +10,9 @@ plain data — :class:`ChannelGroup` — plus pure projections on parameter dict
 Let G be one group of C channels, each tied slice t a parameter W_t, a dimension
 d_t (0 = output channels, 1 = input channels) and the positions along d_t that
 carry each group channel j. With k = max(1, round((1 − ratio)·C)), halves up as
-every structure counts (:func:`~dualprune.constraints.base.kept_count`),
+every structure counts (:func:`~dualprune.constraints.base.kept_count`), and
+with ``multiple_of`` m > 1 then moved to the nearest of {m, 2m, …, ⌊C/m⌋·m} ∪ {C}
+(ties: the larger; :func:`~dualprune.constraints.base.round_to_multiple`),
 
     S_G = {W : at most k channels j are nonzero, where j is zero when all its
                positions are 0 in every tied slice}
@@ -40,7 +42,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from dualprune.constraints.base import kept_count
+from dualprune.constraints.base import check_multiple_of, kept_count, round_to_multiple
 from dualprune.errors import ConstraintError, UnknownNameError, did_you_mean
 
 __all__ = [
@@ -228,19 +230,28 @@ def keep_channels(
     ratio: float,
     *,
     roles: Sequence[str] = _DEFAULT_ROLES,
+    multiple_of: int = 1,
 ) -> Tensor:
     """Boolean tensor of shape ``(C,)``: True for the k channels of largest score.
 
     k = max(1, kept_count(ratio, C)); a group never loses every channel, since that
-    would cut the network. Ties keep the lower channel index.
+    would cut the network. With ``multiple_of`` m > 1, k then becomes the nearest
+    of {m, 2m, …, ⌊C/m⌋·m} ∪ {C} (ties: the larger), a count that CPU kernels
+    with channel blocks of m run well; ``ratio`` is still a fraction of channels
+    and the realised one, 1 − k/C, may differ from it. Ties keep the lower
+    channel index.
+
+    Raises:
+        ConstraintError: ``ratio`` outside [0, 1) or ``multiple_of`` not a positive int.
     """
     if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 <= ratio < 1:
         raise ConstraintError(
             f"coupled channels of '{group.root}': ratio={ratio!r} is not allowed; "
             "use a fraction of channels in [0, 1)"
         )
+    m = check_multiple_of(multiple_of, f"coupled channels of '{group.root}'")
     scores = group_scores(params, group, roles=roles)
-    k = max(1, kept_count(ratio, group.channels))
+    k = round_to_multiple(max(1, kept_count(ratio, group.channels)), group.channels, m)
     order = torch.argsort(scores, descending=True, stable=True)
     keep = torch.zeros(group.channels, dtype=torch.bool)
     keep[order[:k]] = True
@@ -253,6 +264,7 @@ def coupled_masks(
     ratio: float | Sequence[float],
     *,
     roles: Sequence[str] = _DEFAULT_ROLES,
+    multiple_of: int = 1,
 ) -> dict[str, Tensor]:
     """Masks (True = kept) for every parameter tied by ``groups``.
 
@@ -265,12 +277,17 @@ def coupled_masks(
         groups: One group or several (from :func:`channel_groups`).
         ratio: Fraction of channels to remove, one for all groups or one per group.
         roles: Roles that enter the scores (see :data:`ROLES`).
+        multiple_of: Every group keeps a positive multiple of this many channels,
+            or all of them (see :func:`keep_channels`); 1 = no rounding.
 
     Returns:
         ``{param name: bool tensor of the parameter's shape}`` for tied parameters only.
     """
     groups, ratios = _pair(groups, ratio)
-    keeps = [keep_channels(params, g, r, roles=roles) for g, r in zip(groups, ratios, strict=True)]
+    keeps = [
+        keep_channels(params, g, r, roles=roles, multiple_of=multiple_of)
+        for g, r in zip(groups, ratios, strict=True)
+    ]
     masks: dict[str, Tensor] = {}
     for group, keep in zip(groups, keeps, strict=True):
         for s in group.slices:
@@ -290,6 +307,7 @@ def project_coupled(
     ratio: float | Sequence[float],
     *,
     roles: Sequence[str] = _DEFAULT_ROLES,
+    multiple_of: int = 1,
 ) -> dict[str, Tensor]:
     """Π_S for coupled channels: zero the removed channels in every tied tensor.
 
@@ -302,7 +320,7 @@ def project_coupled(
         >>> new = project_coupled(dict(model.named_parameters()), groups, 0.5)
         >>> model.load_state_dict(new, strict=False)
     """
-    masks = coupled_masks(params, groups, ratio, roles=roles)
+    masks = coupled_masks(params, groups, ratio, roles=roles, multiple_of=multiple_of)
     out = dict(params)
     for name, mask in masks.items():
         w = params[name].detach()

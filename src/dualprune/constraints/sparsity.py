@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from dualprune.constraints import structures as st
-from dualprune.constraints.base import Constraint, shape_of, shape_text
+from dualprune.constraints.base import Constraint, check_multiple_of, shape_of, shape_text
 from dualprune.constraints.patterns import pattern_mask, project_pattern
 from dualprune.errors import ConstraintError, UnknownNameError, did_you_mean
 
@@ -53,8 +53,8 @@ _TILE = (128, 128)  # a 128×128 crossbar, docs/algorithms.md §6
 #: name → the options it accepts, with their defaults.
 OPTIONS: dict[str, dict[str, Any]] = {
     "irregular": {},
-    "filter": {},
-    "channel": {},
+    "filter": {"multiple_of": 1},
+    "channel": {"multiple_of": 1},
     "column": {},
     "pattern": {"p": 4, "kernel": (3, 3), "library": None, "kernels": 0.0},
     "nm": {"n": None, "m": 4},
@@ -85,7 +85,8 @@ class Sparsity(Constraint):
     ``ratio`` is the fraction of weights removed. For group structures it is the
     fraction of groups removed, the same thing when all groups are equal; where
     they are not (edge tiles of ``block``), the docstring of the structure says so.
-    With k = round((1 − ratio)·count) (halves up), every projection is exact:
+    With k = round((1 − ratio)·count) (halves up; for filter and channel then
+    rounded to ``multiple_of``, see Options), every projection is exact:
 
         irregular  S = {||z||_0 ≤ k}                 Π_S keeps the k largest |w|
         filter     ≤ k nonzero W[o]                  the k largest ||W[o]||
@@ -112,6 +113,16 @@ class Sparsity(Constraint):
             1 − 0.5/m keeps nothing.
         block, tile_rows, tile_cols: ``block=(rows, cols)`` tile of the GEMM
             view ((128, 128)).
+        filter, channel: ``multiple_of`` m (1). With m > 1 the count k₀ of the
+            plain rule is moved to the nearest element of A = {m, 2m, …,
+            ⌊C/m⌋·m} ∪ {C} (C filters or channels; ties: the larger), so the
+            layer keeps whole channel blocks of the size CPU kernels work on
+            (oneDNN: 8 or 16), or all C ("keep all", the only choice when
+            C ≤ m). ``ratio`` is still the fraction of C asked for; the realised
+            fraction 1 − k/C differs from it: |k − k₀| ≤ m/2 whenever
+            m ≤ k₀ ≤ ⌊C/m⌋·m, and at least m are kept even when k₀ < m/2.
+            A ratio 0 still keeps everything. Π_S is exact for the resulting k.
+            m = 1 is the plain rule (and is dropped from ``options``).
 
     Args:
         ratio: Fraction of weights removed, in [0, 1).
@@ -174,6 +185,10 @@ class Sparsity(Constraint):
 
     def _normalise(self) -> None:
         o = self.options
+        if "multiple_of" in o:
+            o["multiple_of"] = check_multiple_of(o["multiple_of"], self._label())
+            if o["multiple_of"] == 1:
+                del o["multiple_of"]  # the default: same set, same to_dict()
         if "block" in o:
             b = o["block"]
             b = (b, b) if _is_int(b) else b

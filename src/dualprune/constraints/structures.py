@@ -13,7 +13,9 @@ Conventions (docs/algorithms.md §3):
   (out, in/groups, kh, kw). Its *GEMM view* is the matrix G = W.reshape(out, −1)ᵀ
   of shape R × C with R = in·Πk inputs (rows, crossbar wordlines, ordered as
   PyTorch flattens (c, y, x)) and C = out outputs (columns, bitlines).
-- k = round((1 − ratio)·count), halves up (:func:`~dualprune.constraints.base.kept_count`).
+- k = round((1 − ratio)·count), halves up (:func:`~dualprune.constraints.base.kept_count`);
+  ``filter`` and ``channel`` take ``multiple_of`` m, which moves k to the nearest
+  positive multiple of m or to count (:func:`~dualprune.constraints.base.round_to_multiple`).
 - Groups are scored by ||g||² (a sum of squares); removing a group costs exactly
   that, so keeping the k largest is the exact Euclidean projection.
 - Ties: among equal scores the lower index is kept (:mod:`~dualprune.constraints.selection`).
@@ -135,14 +137,15 @@ def project_irregular(w: Tensor, ratio: float) -> Tensor:
 # filter / channel / column: whole rows or columns of the weight
 
 
-def _filter_keep(w: Tensor, ratio: float) -> Tensor:
+def _filter_keep(w: Tensor, ratio: float, multiple_of: int = 1) -> Tensor:
     w2 = score_matrix(w)
-    return topk_mask((w2 * w2).sum(1), kept_count(ratio, w.shape[0]))  # ||W[o]||², (out,)
+    k = kept_count(ratio, w.shape[0], multiple_of)
+    return topk_mask((w2 * w2).sum(1), k)  # ||W[o]||², (out,)
 
 
-def _channel_keep(w: Tensor, ratio: float) -> Tensor:
+def _channel_keep(w: Tensor, ratio: float, multiple_of: int = 1) -> Tensor:
     e = column_energy(w).view(w.shape[1], -1).sum(1)  # (in,)
-    return topk_mask(e, kept_count(ratio, w.shape[1]))
+    return topk_mask(e, kept_count(ratio, w.shape[1], multiple_of))
 
 
 def _column_keep(w: Tensor, ratio: float) -> Tensor:
@@ -159,24 +162,34 @@ def _bcast(keep: Tensor, w: Tensor, dim: int) -> Tensor:
     return keep.view(1, *w.shape[1:])
 
 
-def filter_mask(w: Tensor, ratio: float) -> Tensor:
-    """Support of Π_S, S = {at most k nonzero filters W[o]}: the k largest ||W[o]||."""
-    return _bcast(_filter_keep(w, ratio), w, 0).expand(w.shape).contiguous()
+def filter_mask(w: Tensor, ratio: float, multiple_of: int = 1) -> Tensor:
+    """Support of Π_S, S = {at most k nonzero filters W[o]}: the k largest ||W[o]||.
+
+    k = kept_count(ratio, out, multiple_of): with m = ``multiple_of`` > 1 the count
+    of :func:`~dualprune.constraints.base.round_to_multiple` (a multiple of m, or out).
+    """
+    return _bcast(_filter_keep(w, ratio, multiple_of), w, 0).expand(w.shape).contiguous()
 
 
-def project_filter(w: Tensor, ratio: float) -> Tensor:
-    """Π_S(w), S = {at most k nonzero filters W[o]} (a column of the GEMM view); exact."""
-    return apply_mask(w, _bcast(_filter_keep(w, ratio), w, 0))
+def project_filter(w: Tensor, ratio: float, multiple_of: int = 1) -> Tensor:
+    """Π_S(w), S = {at most k nonzero filters W[o]} (a column of the GEMM view); exact.
+
+    k as in :func:`filter_mask`.
+    """
+    return apply_mask(w, _bcast(_filter_keep(w, ratio, multiple_of), w, 0))
 
 
-def channel_mask(w: Tensor, ratio: float) -> Tensor:
-    """Support of Π_S, S = {at most k nonzero input channels W[:, c]}."""
-    return _bcast(_channel_keep(w, ratio), w, 1).expand(w.shape).contiguous()
+def channel_mask(w: Tensor, ratio: float, multiple_of: int = 1) -> Tensor:
+    """Support of Π_S, S = {at most k nonzero input channels W[:, c]}.
+
+    k = kept_count(ratio, in, multiple_of), as for :func:`filter_mask`.
+    """
+    return _bcast(_channel_keep(w, ratio, multiple_of), w, 1).expand(w.shape).contiguous()
 
 
-def project_channel(w: Tensor, ratio: float) -> Tensor:
-    """Π_S(w), S = {at most k nonzero input channels W[:, c]}; exact."""
-    return apply_mask(w, _bcast(_channel_keep(w, ratio), w, 1))
+def project_channel(w: Tensor, ratio: float, multiple_of: int = 1) -> Tensor:
+    """Π_S(w), S = {at most k nonzero input channels W[:, c]}; exact (k as in channel_mask)."""
+    return apply_mask(w, _bcast(_channel_keep(w, ratio, multiple_of), w, 1))
 
 
 def column_mask(w: Tensor, ratio: float) -> Tensor:

@@ -143,8 +143,9 @@ def bench_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
 def rows_for(name: str, result: dict[str, Any], meta: dict[str, Any]) -> list[str]:
     """One README row per batch size: tuned speedup vs MACs ratio, break-even per layer."""
     rows = []
+    source = meta["sources"].get(name) or meta["random_note"]
     setting = (
-        f"{meta['sparsity_note']}; {meta['threads']} thread(s), median of {meta['repeats']}; "
+        f"{source}; {meta['threads']} thread(s), median of {meta['repeats']}; "
         f"{meta['cpu']}, torch {meta['torch']}"
     )
     for b, r in result["batches"].items():
@@ -197,6 +198,8 @@ def main() -> None:
         "min_time": args.min_time,
         "sparsity_note": "; ".join(sources)
         or f"{args.sparsity:.0%} irregular per layer, random weights",
+        "sources": {n: f"trained run {getattr(args, n)}" for n in args.models if getattr(args, n)},
+        "random_note": f"{args.sparsity:.0%} irregular per layer, random weights",
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({**meta, "results": results}, indent=1))

@@ -15,7 +15,7 @@ from dualprune.cli.args import add_threads, json_out, positive_int
 FORMATS = ("packed", "onnx", "torch")
 
 
-def _compacted(art: Any, quiet: bool = False) -> tuple[nn.Module, Any, list[str]]:
+def _compacted(art: Any) -> tuple[nn.Module, Any, list[str]]:
     """The compacted model, its plan, and the warnings compaction gave."""
     from dualprune.compact import CompactionPlan, compact
 

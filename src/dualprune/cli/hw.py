@@ -36,6 +36,7 @@ def cmd_hw(args: argparse.Namespace) -> int:
     options = parse(
         HardwareOptions, base | {k: v for k, v in flags.items() if v is not None}, "options"
     )
+    options.spec()  # a bad spec fails before any work
     loader = None
     if options.noise is not None:
         dataset = args.dataset or art.dataset
@@ -43,7 +44,6 @@ def cmd_hw(args: argparse.Namespace) -> int:
             raise ConfigError(f"'{art.source}' does not name its data set; pass --dataset")
         root = args.data_dir or (art.recipe.data_dir if art.recipe is not None else None)
         loader = test_loader(dataset, root, args.test_samples)
-    options.spec()  # a bad spec fails before any work
     hw, text = hardware_summary(
         art.model,
         options,

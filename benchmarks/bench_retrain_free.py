@@ -69,7 +69,10 @@ def hard_pruned_accuracy(solver: dp.solvers.Solver, loader) -> float:
 
 def make_solver(method: str, model: torch.nn.Module, plan: dp.Plan, args: argparse.Namespace):
     if method == "slr":
-        return SLR(model, plan, rho=args.rho_slr, M=args.M, r=args.r, s0=args.s0)
+        return SLR(
+            model, plan, rho=args.rho_slr, M=args.M, r=args.r, s0=args.s0,
+            rho_growth=args.rho_growth_slr,
+        )  # fmt: skip
     if method == "admm":
         return ADMM(model, plan, rho=args.rho_admm, rho_growth=args.rho_growth)
     if method == "admm-same-rho":
@@ -95,6 +98,7 @@ def main() -> None:
     p.add_argument("--M", type=float, default=300)
     p.add_argument("--r", type=float, default=0.1)
     p.add_argument("--s0", type=float, default=0.01)
+    p.add_argument("--rho-growth-slr", type=float, default=1.0, help="SLR's ρ ← γ·ρ per update")
     p.add_argument("--rho-admm", type=float, default=1e-3)
     p.add_argument("--rho-growth", type=float, default=1.3)
     p.add_argument("--out", default="runs/bench-retrain-free")

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from torch import Tensor
 
 from dualprune.constraints import from_dict
 from dualprune.errors import CheckpointError, DualpruneError
+from dualprune.fileio import write_atomic
 
 __all__ = ["FORMAT", "parse", "read", "write"]
 
@@ -43,17 +43,7 @@ def write(path: str | os.PathLike[str], state: dict[str, Any]) -> None:
         if "scales" in entry:
             tensors[f"scales/{name}"] = entry["scales"].detach().cpu().contiguous()
     meta = {"format": FORMAT, "quantizers": json.dumps(state["quantizers"])}
-    data = safetensors_bytes(tensors, meta)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, safetensors_bytes(tensors, meta))
 
 
 def read(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -22,7 +22,6 @@ also holds ``num_batches_tracked`` as varints. Nothing is unpickled on load.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +37,7 @@ from dualprune.errors import CheckpointError, ConfigError, did_you_mean
 from dualprune.export.bits import tensor_bytes, tensor_from_bytes
 from dualprune.export.layercode import decode_layer, encode_layer, stream_bytes
 from dualprune.export.manifest import Record, decode_manifest, encode_manifest
+from dualprune.fileio import write_atomic
 from dualprune.masks import Masks
 from dualprune.plan import prunable_layers
 from dualprune.storage import ModelStorage, Storage, model_storage
@@ -138,20 +138,6 @@ def _layer_constraints(
 
 def _weight_key(name: str) -> str:
     return f"{name}.weight" if name else "weight"
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file + ``os.replace`` (docs/design.md)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_packed(

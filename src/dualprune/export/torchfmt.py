@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from dualprune import models
 from dualprune.errors import CheckpointError, ConfigError, DualpruneError
-from dualprune.export.packed import write_atomic
+from dualprune.fileio import write_atomic
 
 __all__ = ["FORMAT", "RESIZABLE", "changed_layers", "load_torch", "rebuild", "save_torch"]
 

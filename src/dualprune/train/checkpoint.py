@@ -8,6 +8,7 @@ nothing in a checkpoint can execute code.
 
 from __future__ import annotations
 
+import io
 import os
 import random
 import tempfile
@@ -18,6 +19,7 @@ import torch
 from torch import nn
 
 from dualprune.errors import CheckpointError, ConfigError
+from dualprune.fileio import write_atomic
 
 __all__ = [
     "FORMAT",
@@ -54,16 +56,9 @@ def ensure_writable(directory: str | os.PathLike[str]) -> Path:
 def atomic_save(obj: Any, path: str | os.PathLike[str]) -> None:
     """``torch.save(obj, path)`` through a temporary file + ``os.replace``."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    write_atomic(path, buffer.getvalue())
 
 
 def load(path: str | os.PathLike[str]) -> dict[str, Any]:

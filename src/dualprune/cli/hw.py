@@ -19,22 +19,9 @@ def cmd_hw(args: argparse.Namespace) -> int:
     art = load_artifact(args.path)
     recipe_hw = art.recipe.hardware if art.recipe is not None else None
     base: dict[str, Any] = recipe_hw.model_dump() if recipe_hw is not None else {}
-    flags = {
-        "crossbar": args.xbar,
-        "cell_bits": args.cell_bits,
-        "weight_bits": args.weight_bits,
-        "mapping": args.mapping,
-        "dac_bits": args.dac_bits,
-        "input_bits": args.input_bits,
-        "adc_mux": args.adc_mux,
-        "profile": args.profile,
-        "layout": args.layout,
-        "noise": args.noise,
-        "chips": args.chips,
-        "seed": args.seed,
-    }
+    given = {k: getattr(args, k, None) for k in HardwareOptions.model_fields}
     options = parse(
-        HardwareOptions, base | {k: v for k, v in flags.items() if v is not None}, "options"
+        HardwareOptions, base | {k: v for k, v in given.items() if v is not None}, "options"
     )
     options.spec()  # a bad spec fails before any work
     loader = None
@@ -72,7 +59,8 @@ def _hw_parser(sub: Any) -> None:
         ),
     )
     p.add_argument("path", help="a run directory, a stage directory or a checkpoint.pt")
-    p.add_argument("--xbar", metavar="RxC", help="crossbar size (default 128x128)")
+    # option dests are HardwareOptions' field names: cmd_hw reads them by name
+    p.add_argument("--xbar", dest="crossbar", metavar="RxC", help="crossbar size (128x128)")
     p.add_argument("--profile", help="isaac32, neurosim22 or neurosim22-xbar (default isaac32)")
     p.add_argument("--weight-bits", type=positive_int, metavar="B", help="default 8")
     p.add_argument("--cell-bits", type=positive_int, metavar="C", help="default 2")

@@ -257,6 +257,7 @@ def cost_vs_dense(
     profile: str | Profile | None = None,
     layout: str = "best",
     baseline: nn.Module | None = None,
+    mapping: CrossbarReport | None = None,
 ) -> CostReport:
     """:func:`cost` of the pruned mapping with the dense mapping of the same model as baseline.
 
@@ -269,8 +270,9 @@ def cost_vs_dense(
     ``baseline``: the model before compression (same architecture), whose
     weights then give the baseline's conductances — the honest "dense and
     unpruned" reference; without it the pruned weights are used as above.
+    ``mapping``: the pruned mapping when the caller already has it (same arguments).
     """
-    pruned = map_model(model, spec, masks, example_input, layout=layout)
+    pruned = mapping or map_model(model, spec, masks, example_input, layout=layout)
     ref, ref_masks = (model, masks) if baseline is None else (baseline, None)
     dense = map_model(ref, spec, ref_masks, example_input, dense=True, layout=layout)
     base = cost(dense, profile)

@@ -92,6 +92,7 @@ def hardware_summary(
         profile=options.profile,
         layout=options.layout,
         baseline=baseline,
+        mapping=mapping,
     )
     result: dict[str, Any] = {
         "options": options.model_dump(),

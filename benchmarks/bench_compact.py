@@ -9,16 +9,15 @@ latency of dense, dualprune and Torch-Pruning models in ONE interleaved
 ``compare_latency`` call at batch 1 and 64 (``--threads``): speedup, MACs ratio
 and their quotient "realised" (target ≥ 0.8 at batch 64).
 
-dualprune. A solver holds one constraint per layer weight (Π_{S_i} acts on one
-W_i); a group of coupled channels spans several tensors, so it cannot be one of
-its sets. The groups of ``channel_groups`` are therefore split in two:
+dualprune. The groups of ``channel_groups`` are split in two, and the solver
+(SLR or ADMM) drives both parts together:
 
-- chain groups (a block's ``conv1`` filters, read only by its ``conv2``): the
-  solver (SLR or ADMM) drives ``Sparsity(r, "channel")`` on the reader's input
-  channels; compaction removes ``conv1``'s filters and BatchNorm entries with them;
+- chain groups (a block's ``conv1`` filters, read only by its ``conv2``): a
+  per-layer ``Sparsity(r, "channel")`` on the reader's input channels;
+  compaction removes ``conv1``'s filters and BatchNorm entries with them;
 - residual groups (stem, each block's ``conv2``, the downsample convs, ``fc``'s
-  inputs): hard projection W ← Π_{S_G}(W) (``coupled_masks``) after every epoch
-  of the solver phase.
+  inputs): one ``dp.Coupled`` set passed as ``coupled=``, whose Z-step projects
+  every tied tensor at once (Π_{S_G}, docs/constraints.md).
 
 One channel ratio r serves both: the smallest r (bisection) at which the
 compaction plan of the magnitude-projected pretrained model has MACs ≤ target ×
@@ -26,7 +25,7 @@ dense. Both keep a multiple of ``--multiple-of`` M (8) channels in every group
 (``Sparsity(r, "channel", multiple_of=M)``, ``coupled_masks(..., multiple_of=M)``;
 a group of at most M channels keeps all), since oneDNN's convolutions work on
 blocks of 8 or 16 channels and pad the rest; ``--multiple-of 1`` is the plain
-count. After the solver phase: hard prune (solver masks ∧ coupled masks),
+count. After the solver phase: hard prune (its masks hold both parts),
 ``compact``, then plain fine-tuning of the small dense model.
 
 Torch-Pruning: ``MagnitudePruner`` (L2 magnitude, ``fc`` ignored), one-shot from
@@ -58,7 +57,6 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch_pruning as tp
@@ -98,18 +96,15 @@ def channel_masks(
     readers: list[str],
     residual: list[ChannelGroup],
     ratio: float,
-    per_layer: dp.Masks | None = None,
     multiple_of: int = 8,
 ) -> dict[str, Tensor]:
     """Masks (True = kept) of the readers' input channels ∧ the residual groups' channels.
 
-    Both by magnitude at the current weights, unless ``per_layer`` (a solver's
-    hard-prune masks) gives the readers' masks; every kept count is a multiple
-    of ``multiple_of`` (or the whole group).
+    Both by magnitude at the current weights (what the bisection plans with);
+    every kept count is a multiple of ``multiple_of`` (or the whole group).
     """
-    if per_layer is None:
-        constraints = {n: reader_constraint(ratio, multiple_of) for n in readers}
-        per_layer = dp.Masks.from_constraints(model, constraints)
+    constraints = {n: reader_constraint(ratio, multiple_of) for n in readers}
+    per_layer = dp.Masks.from_constraints(model, constraints)
     params = dict(model.named_parameters())
     masks = coupled_masks(params, residual, ratio, multiple_of=multiple_of)
     for name in per_layer.names:
@@ -131,32 +126,6 @@ def bisect(
         mid = (lo + hi) / 2
         lo, hi = (lo, mid) if f(mid) <= target else (mid, hi)
     return lo, hi
-
-
-class WithCoupledProjection:
-    """A solver's hooks (delegated), plus W ← Π_{S_G}(W) on the residual groups after
-    every epoch (its ``update``)."""
-
-    def __init__(
-        self,
-        solver: dp.solvers.Solver,
-        groups: list[ChannelGroup],
-        ratio: float,
-        multiple_of: int,
-    ) -> None:
-        self.solver, self.groups, self.ratio, self.multiple_of = solver, groups, ratio, multiple_of
-
-    def __getattr__(self, name: str) -> Any:  # history, regularize, step, state_dict, ...
-        return getattr(self.solver, name)
-
-    def update(self, train_loss: float | None = None) -> dict[str, Any] | None:
-        record = self.solver.update(train_loss)
-        params = dict(self.solver.model.named_parameters())
-        with torch.no_grad():
-            masks = coupled_masks(params, self.groups, self.ratio, multiple_of=self.multiple_of)
-            for name, keep in masks.items():
-                params[name].mul_(keep)
-        return record
 
 
 def tp_prune(dense: nn.Module, x: Tensor, ratio: float) -> nn.Module:
@@ -274,14 +243,13 @@ def main() -> None:
     print(f"channel ratio r = {ratio:.4f} ({time.perf_counter() - t0:.1f} s of bisection)")
     model = copy.deepcopy(dense).train()
     plan = {n: reader_constraint(ratio, mult) for n in readers}
-    solver = (SLR if args.solver == "slr" else ADMM)(model, plan, rho=args.rho)
-    hooks = WithCoupledProjection(solver, residual, ratio, mult)
+    coupled = dp.Coupled(residual, ratio, multiple_of=mult)
+    solver = (SLR if args.solver == "slr" else ADMM)(model, plan, coupled=coupled, rho=args.rho)
     curves = {}  # test accuracy per epoch of every training phase
     curves["dualprune solver"] = fit(
-        model, train_loader(1), test_loader, phase1, work / "dp-solver", meta=meta, solver=hooks
+        model, train_loader(1), test_loader, phase1, work / "dp-solver", meta=meta, solver=solver
     )
-    hard = solver.hard_prune()  # conv2 input channels first, then score the residual groups
-    masks = channel_masks(model, readers, residual, ratio, per_layer=hard, multiple_of=mult)
+    masks = solver.hard_prune()  # reader channels ∧ residual groups, all scored on W
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         small = compact(model.eval(), x2, masks)

@@ -14,6 +14,12 @@ Experiments (all start from ONE pretrained LeNet-5, trained by the first):
 - ``strong-admm`` / ``strong-slr``: the ECCV ratios from a stronger dense model
   (``strong-pretrain``: 40 epochs, cosine, weight decay 5e-4), 30 solver epochs
   and 10 masked retraining epochs with weight decay.
+- ``aug-admm`` / ``aug-slr``: the ECCV ratios with training-time augmentation
+  (random shifts of up to 2 pixels, no flips) in every stage: a dense model
+  (``aug-pretrain``: 40 epochs, cosine, weight decay 5e-4), 30 solver epochs,
+  20 masked retraining epochs with weight decay. ``aug-push`` and ``aug-joint``
+  repeat ``push`` and ``joint`` from ``aug-slr`` with augmentation and
+  ``--aug-round-epochs`` per stage.
 - ``push``: progressive rounds, each starting from the previous round's final
   model: round 1 = eccv-slr's result, round 2 → ~200×, round 3 → ~300×.
   Target: ≥ 200× at ≥ 99.2%.
@@ -90,12 +96,59 @@ def go(
     }
 
 
+def shifted(*stages: str) -> dict[str, Any]:
+    """Random shifts of up to 2 pixels (no flips: digits) in the given stages."""
+    return {f"{st}.{k}": v for st in stages for k, v in (("augment", "shift"), ("pad", 2))}
+
+
+def augmented(wanted: list[str], data_dir: str | None, epochs: int) -> list[dict[str, Any]]:
+    """The ``aug-*`` experiments (module docstring), those of them in ``wanted``."""
+    results: list[dict[str, Any]] = []
+    if not any(w.startswith("aug-") for w in wanted):
+        return results
+    if not (OUT / "aug-pretrain" / "model.safetensors").exists():
+        dense = {"pretrain.epochs": 40, "pretrain.weight_decay": 5e-4, **shifted("pretrain")}
+        go("aug-pretrain", "lenet5-mnist", dense, data_dir, resume=True)
+    base = {
+        "pretrained": str(OUT / "aug-pretrain" / "model.safetensors"),
+        "pretrain": None,
+        "compress.epochs": 30,
+        "retrain.epochs": 20,
+        "retrain.weight_decay": 5e-4,
+        **shifted("compress", "retrain"),
+    }
+    if "aug-admm" in wanted:
+        results.append(go("aug-admm", "lenet5-mnist-admm", base, data_dir))
+    if "aug-slr" in wanted:
+        grow = {**base, "solver.rho": 0.01, "solver.rho_growth": 1.2}
+        results.append(go("aug-slr", "lenet5-mnist-slr", grow, data_dir))
+    rounds = {
+        "compress.epochs": epochs,
+        "retrain.epochs": epochs,
+        "retrain.weight_decay": 5e-4,
+        "pretrain": None,
+        **shifted("compress", "retrain"),
+    }
+    last = OUT / "aug-slr" / "model.safetensors"
+    if "aug-push" in wanted:
+        for i, plan in ((2, ROUND2), (3, ROUND3)):
+            settings = {**rounds, "pretrained": str(last), "plan": plan}
+            results.append(go(f"aug-push-round{i}", "lenet5-mnist-slr", settings, data_dir))
+            last = OUT / f"aug-push-round{i}" / "model.safetensors"
+    if "aug-joint" in wanted:
+        last = OUT / "aug-push-round3" / "model.safetensors"
+        settings = {**rounds, "pretrained": str(last), "plan": joint(ROUND3, BITS)}
+        results.append(go("aug-joint", "lenet5-mnist-joint", settings, data_dir))
+    return results
+
+
 def main() -> None:
     """Run the experiments and write the results."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", default=None)
     p.add_argument("--only", default="eccv-admm,eccv-slr,push,joint")
     p.add_argument("--round-epochs", type=int, default=8, help="compress and retrain per round")
+    p.add_argument("--aug-round-epochs", type=int, default=15, help="the same for aug-push/joint")
     args = p.parse_args()
     wanted = args.only.split(",")
     pretrained = OUT / "pretrain"
@@ -135,6 +188,7 @@ def main() -> None:
     if "strong-slr" in wanted:
         grow = {**strong, "solver.rho": 0.01, "solver.rho_growth": 1.2}
         results.append(go("strong-slr", "lenet5-mnist-slr", grow, args.data_dir))
+    results += augmented(wanted, args.data_dir, args.aug_round_epochs)
     last = OUT / "eccv-slr" / "model.safetensors"
     e = args.round_epochs
     rounds = {"compress.epochs": e, "retrain.epochs": e}

@@ -26,13 +26,14 @@ from dualprune.export import (
     save_torch,
 )
 from dualprune.export.bits import BitReader, BitWriter, float_codes, float_from_codes
-from dualprune.export.layercode import decode_layer, encode_layer, stream_bytes
+from dualprune.export.layercode import decode_layer, encode_layer, stream_bits, stream_bytes
 from dualprune.export.manifest import Record, decode_manifest, encode_manifest
 from dualprune.export.onnx import onnx_outputs
 from dualprune.export.packed import FORMAT, PAYLOAD
 from dualprune.export.torchfmt import changed_layers
+from dualprune.indexcodes import relative_gaps
 from dualprune.masks import Masks
-from dualprune.storage import layer_storage, model_storage
+from dualprune.storage import Storage, layer_storage, model_storage
 
 LENET_LAYERS = ("conv1", "conv2", "fc1", "fc2")
 
@@ -130,7 +131,65 @@ QUANTIZERS = [
     Quantization(bits=4, levels="pow2"),
     Quantization(levels=[-0.7, -0.2, 0.0, 0.3, 1.1]),
     Quantization(levels=[-1.0, -0.5, 0.0, 0.5, 1.0], scale="none"),
+    Quantization(bits=2, scale="channel"),
+    Quantization(levels=[0.0, 0.75], scale="none"),  # one nonzero level: 0-bit values
+    Quantization(levels=[-2.0, 0.5, 1.0]),  # no 0 level
 ]
+
+
+def _on_grid(w: Tensor, q: Quantization | None, keep: Tensor) -> tuple[Tensor, Tensor | None]:
+    """W projected onto q's grid where ``keep`` (zeros elsewhere), and its scales."""
+    if q is None:
+        return w * keep, None
+    codes, scales = q.codes(w, mask=keep)
+    return q.dequantize(codes, scales), scales
+
+
+def _stream_bits(data: Tensor) -> list[int]:
+    """The bits of a stream, LSB first (bits.py's order)."""
+    return [(int(byte) >> i) & 1 for byte in data for i in range(8)]
+
+
+def _ref_index_bits(mask: list[bool], kind: str, param: int) -> list[int]:
+    """The index a plain-Python encoder writes (docs/export.md), LSB first per field."""
+    gaps, last = [], -1
+    for pos, keep in enumerate(mask):
+        if keep:
+            gaps.append(pos - last)
+            last = pos
+    field = lambda v, w: [(v >> i) & 1 for i in range(w)]  # noqa: E731
+    if kind == "bitmask":
+        return [int(keep) for keep in mask]
+    if kind == "relative":
+        top, bits = 2**param - 1, []
+        for g in gaps:
+            while g > top:
+                bits, g = bits + field(0, param), g - top
+            bits += field(g, param)
+        return bits
+    if kind == "rice":  # every unary word, then every remainder
+        unary = [b for g in gaps for b in [1] * ((g - 1) >> param) + [0]]
+        return unary + [b for g in gaps for b in field((g - 1) % 2**param, param)]
+    return []
+
+
+def _check_layer(w: Tensor, q: Quantization | None, scales: Tensor | None = None) -> Storage:
+    """Encode, check the stream against the count and a reference index, decode, compare."""
+    data, entry, storage = encode_layer("w", w, q, scales)
+    assert storage == layer_storage(w, q)
+    assert entry["index"] == storage.index_kind
+    assert stream_bits(entry) == storage.total_bits  # the payload is the count, bit for bit
+    assert data.numel() == storage.bytes == stream_bytes(entry)
+    bits = _stream_bits(data)
+    assert not any(bits[storage.total_bits :])  # the last byte is padded with zero bits
+    index = _ref_index_bits((w.reshape(-1) != 0).tolist(), entry["index"], entry["b_idx"])
+    assert bits[storage.total_bits - storage.index_bits : storage.total_bits] == index
+    manifest, _ = encode_manifest([Record("w", tuple(w.shape), w.dtype, layer=entry)])
+    (record,), length = decode_manifest(manifest)  # the entry through its binary form
+    assert length == len(manifest) and record.layer == {"dtype": str(w.dtype)[6:], **entry}
+    back = decode_layer("w", data, record.layer)
+    assert back.dtype == w.dtype and torch.equal(back, w)
+    return storage
 
 
 @settings(max_examples=60, deadline=None)
@@ -148,44 +207,91 @@ def test_layer_round_trip_is_exact_and_as_large_as_counted(
     q = QUANTIZERS[qi]
     w = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
     keep = torch.rand(shape, generator=torch.Generator().manual_seed(seed + 1)) >= ratio
-    scales = None
-    if q is not None:
-        codes, scales = q.codes(w, mask=keep)
-        w = q.dequantize(codes, scales)
-    else:
-        w = w * keep
-    data, entry, storage = encode_layer("w", w, q, scales if with_scales else None)
-    assert storage == layer_storage(w, q)
-    assert data.numel() == storage.bytes
-    assert entry["index"] == storage.index_kind
-    manifest, _ = encode_manifest([Record("w", shape, w.dtype, layer=entry)])
-    (record,), length = decode_manifest(manifest)  # the entry through its binary form
-    assert length == len(manifest) and record.layer == {"dtype": "float32", **entry}
-    assert stream_bytes(record.layer) == storage.bytes  # the stream's length follows
-    back = decode_layer("w", data, record.layer)
-    assert back.dtype == w.dtype and torch.equal(back, w)
+    w, scales = _on_grid(w, q, keep)
+    _check_layer(w, q, scales if with_scales else None)
 
 
-@pytest.mark.parametrize(("ratio", "kind"), [(0.0, "none"), (0.5, "bitmask"), (0.97, "relative")])
-def test_layer_uses_each_index_code(ratio: float, kind: str) -> None:
-    w = torch.randn(40, 30, generator=torch.Generator().manual_seed(3))
-    w = Sparsity(ratio).project(w) if ratio else w
-    data, entry, storage = encode_layer("w", w, None)
-    assert storage.index_kind == entry["index"] == kind
-    assert data.numel() == storage.bytes
-    assert torch.equal(decode_layer("w", data, entry), w)
+@settings(max_examples=60, deadline=None)
+@given(
+    st.integers(0, len(QUANTIZERS) - 1),
+    st.integers(1, 20_000),
+    st.lists(st.integers(0, 19_999), max_size=40),
+    st.integers(0, 2**31),
+)
+def test_sparse_layer_round_trip_with_long_gaps(
+    qi: int, n: int, positions: list[int], seed: int
+) -> None:
+    """Few nonzeros in a long weight: relative escapes and long Rice words, exactly counted."""
+    q = QUANTIZERS[qi]
+    keep = torch.zeros(n, dtype=torch.bool)
+    keep[[p % n for p in positions]] = True
+    w = torch.randn(2, n, generator=torch.Generator().manual_seed(seed))
+    w, _ = _on_grid(w, q, torch.stack([keep, keep.roll(7)]))
+    _check_layer(w, q)
 
 
-def test_relative_padding_entries_are_stored() -> None:
-    """A gap longer than 2^b_idx − 1 costs padding entries, exactly as storage counts."""
+def _weight(n: int, positions: list[int]) -> Tensor:
+    w = torch.zeros(n)
+    w[positions] = torch.arange(1, len(positions) + 1, dtype=torch.float32) * 0.25
+    return w
+
+
+CORNERS = {
+    "all zero": _weight(50, []),
+    "one at the last entry": _weight(50, [49]),
+    "one at entry 0": _weight(50, [0]),
+    "entry 0 and a far one": _weight(5000, [0, 4999]),
+    "gaps 2^b − 1 and 2^b": _weight(1000, [6, 13, 21, 28, 36, 43, 51, 58, 66, 73, 81, 88]),
+    "dense": _weight(40, list(range(40))),
+    "one entry": _weight(1, [0]),
+    "one zero entry": _weight(1, []),
+}
+
+
+@pytest.mark.parametrize("corner", list(CORNERS))
+@pytest.mark.parametrize("qi", range(len(QUANTIZERS)))
+def test_corner_layers_round_trip(corner: str, qi: int) -> None:
+    q, w = QUANTIZERS[qi], CORNERS[corner]
+    w, _ = _on_grid(w, q, w != 0)
+    _check_layer(w, q)
+
+
+def test_layer_uses_each_index_code() -> None:
+    gen = torch.Generator().manual_seed(3)
+    strided = torch.zeros(30, 100)
+    strided.view(-1)[9::10] = torch.randn(300, generator=gen)  # gaps of 10: a 4-bit field
+    half = Sparsity(0.5).project(torch.randn(40, 30, generator=gen))
+    half[-1, -1] = 1.0  # relative at b_idx = 1 (and Rice at r = 0) tie with the bitmask
+    cases = {
+        "none": torch.randn(40, 30, generator=gen),
+        "bitmask": half,
+        "relative": strided,
+        "rice": Sparsity(0.97).project(torch.randn(40, 30, generator=gen)),  # random gaps
+    }
+    for kind, w in cases.items():
+        assert _check_layer(w, None).index_kind == kind
+
+
+def test_relative_escapes_hold_no_value() -> None:
+    """A gap longer than 2^b_idx − 1 costs escape fields (index 0) and no value slot."""
     gaps = torch.tensor([5 if i % 60 == 59 else 3 for i in range(300)])  # 2-bit gaps hold ≤ 3
     w = torch.zeros(int(gaps.sum()))
     w[gaps.cumsum(0) - 1] = torch.arange(1, 301).float()
-    data, entry, storage = encode_layer("w", w, None)
+    storage = _check_layer(w, None)
     assert (storage.index_kind, storage.index_bits_per_entry, storage.padding) == ("relative", 2, 5)
-    assert entry["m"] == 300 + 5
-    assert data.numel() == storage.bytes
-    assert torch.equal(decode_layer("w", data, entry), w)
+    _, entry, _ = encode_layer("w", w, None)
+    assert (entry["m"], entry["p"]) == (300, 5)
+    assert storage.value_bits == 300 * 32 and storage.index_bits == (300 + 5) * 2
+
+
+def test_sparse_ternary_stores_the_sign_only() -> None:
+    q = Quantization(levels="ternary")
+    keep = torch.rand(500, 800, generator=torch.Generator().manual_seed(0)) < 0.002
+    w, scales = _on_grid(torch.randn(500, 800), q, keep)
+    storage = _check_layer(w, q, scales)
+    assert storage.nonzero_bits == 1 and storage.value_bits == storage.nonzero
+    gaps = relative_gaps(w.reshape(-1) != 0)
+    assert storage.index_kind == "rice" and storage.index_bits < gaps.numel() * 12
 
 
 def test_half_precision_weight_round_trip() -> None:
@@ -239,14 +345,14 @@ def test_manifest_round_trip_of_odd_records() -> None:
 def test_manifest_is_a_few_bytes_a_tensor() -> None:
     """A bias after its weight costs one byte; a BatchNorm with its counter, a dozen."""
     layer = {"shape": [20, 1, 5, 5], "q": {"levels": "ternary", "scale": "tensor"},
-             "index": "relative", "b_idx": 7, "m": 300}  # fmt: skip
+             "index": "relative", "b_idx": 7, "m": 300, "p": 20}  # fmt: skip
     conv = [Record("conv1.weight", (20, 1, 5, 5), torch.float32, layer=layer),
             Record("conv1.bias", (20,), torch.float32)]  # fmt: skip
     bn = [Record(f"bn1.{leaf}", (20,), torch.float32)
           for leaf in ("weight", "bias", "running_mean", "running_var")]  # fmt: skip
     bn.append(Record("bn1.num_batches_tracked", (), torch.int64, value=100))
-    # G, name (2 + 5), leaves, flags, shape (1 + 4), q, code, m (2), bias flags
-    assert len(encode_manifest(conv)[0]) == 1 + 7 + 1 + 1 + 5 + 1 + 1 + 2 + 1
+    # G, name (2 + 5), leaves, flags, shape (1 + 4), q, code, m (2), p, bias flags
+    assert len(encode_manifest(conv)[0]) == 1 + 7 + 1 + 1 + 5 + 1 + 1 + 2 + 1 + 1
     # name (shared, length, "bn1"), leaves, 4 × flags, flags + value (zigzag 200: 2 bytes)
     assert len(encode_manifest(conv + bn)[0]) - len(encode_manifest(conv)[0]) == 5 + 1 + 4 + 3
 
@@ -277,9 +383,9 @@ def _payload_size(path: Path) -> int:
 @pytest.mark.parametrize(
     ("constraint", "figure_bytes"),
     [
-        (Sparsity(0.95) & Quantization(bits=3), 27_567),
-        (Sparsity(0.95), 107_431),
-        (Sparsity(0.997) & Quantization(levels="ternary"), 4_364),  # 1.3K of 430.5K weights
+        (Sparsity(0.95) & Quantization(bits=3), 25_992),
+        (Sparsity(0.95), 104_004),
+        (Sparsity(0.997) & Quantization(levels="ternary"), 4_089),  # 1.3K of 430.5K weights
     ],
     ids=["3bit", "fp32", "ternary-300x"],
 )
@@ -296,13 +402,15 @@ def test_packed_lenet5_matches_storage_figure(
     assert info.packed_bytes == figure.prunable_bytes  # every layer exactly its bytes
     assert info.other_bytes == figure.other_bits // 8  # biases at fp32, no integer buffers
     assert info.overhead_bytes == info.header_bytes  # nothing but the header on top
-    assert info.manifest_bytes <= 80 and info.header_bytes <= 200  # 120 B of safetensors
+    assert info.manifest_bytes <= 80 and info.header_bytes <= 210  # ~128 B of safetensors
     assert info.file_bytes <= 1.05 * figure.bytes
     size = _payload_size(path)
     assert size == info.manifest_bytes + info.packed_bytes + info.other_bytes
     manifest = read_manifest(path)
     for name, s in figure.layers.items():
-        assert manifest[f"{name}.weight"]["bytes"] == s.bytes
+        entry = manifest[f"{name}.weight"]
+        assert (entry["index"], entry["b_idx"]) == (s.index_kind, s.index_bits_per_entry)
+        assert stream_bits(entry) == s.total_bits and entry["bytes"] == s.bytes
     _same_state(load_packed(path, models.create("lenet5")), model)
 
 
@@ -459,8 +567,12 @@ def test_packed_load_errors(tmp_path: Path) -> None:
     with safe_open(str(path), framework="pt") as f:
         payload = f.get_tensor(PAYLOAD)
     bad = tmp_path / "bad.safetensors"
-    save_file({PAYLOAD: payload}, str(bad), metadata={"format": "dualprune.packed/1"})
-    with pytest.raises(CheckpointError, match="format: 'dualprune.packed/1'"):
+    for old in ("dualprune.packed/1", "dualprune.packed/2"):
+        save_file({PAYLOAD: payload}, str(bad), metadata={"format": old})
+        with pytest.raises(CheckpointError, match=f"in format '{old}', which this version no"):
+            read_manifest(bad)
+    save_file({PAYLOAD: payload}, str(bad), metadata={"format": "other/1"})
+    with pytest.raises(CheckpointError, match="not a dualprune packed file .* 'other/1'"):
         read_manifest(bad)
     save_file({PAYLOAD: payload[:-1]}, str(bad), metadata={"format": FORMAT})  # a byte short
     with pytest.raises(CheckpointError, match="payload has .* its manifest describes"):

@@ -58,11 +58,13 @@ def test_numbers_are_exact_on_a_hand_built_model(report):
     assert fc["name"] == "fc" and fc["kind"] == "Linear" and fc["shape"] == [4, 10]
     assert (fc["structure"], fc["quantization"], fc["bits"]) == ("irregular", "uniform 4-bit", 4)
     assert (fc["weights"], fc["nonzeros"], fc["sparsity"]) == (40, 6, 0.85)
-    # gaps 1,1,1,1,17,19: 5-bit relative indices, no padding: 6·(4+5) = 54 bits + 32-bit scale
-    assert (fc["index_kind"], fc["index_bits_per_entry"], fc["padding"]) == ("relative", 5, 0)
-    assert (fc["value_bits"], fc["index_bits"], fc["scale_bits"]) == (24, 30, 32)
+    # gaps 1,1,1,1,17,19: Rice r = 2 (q = 0,0,0,0,4,4): 6·4 + 8 + 6·3 = 50 bits + 32-bit scale;
+    # relative indices would take 3 bits and 4 escapes: 6·4 + 10·3 = 54
+    assert (fc["index_kind"], fc["index_bits_per_entry"], fc["padding"]) == ("rice", 2, 0)
+    assert (fc["value_bits"], fc["index_bits"], fc["scale_bits"]) == (24, 26, 32)
+    assert (fc["rice_parameter"], fc["rice_bits"], fc["relative_index_bits"]) == (2, 26, 3)
     assert (fc["storage_bytes"], fc["storage_bytes_dense"]) == (11, 160)
-    assert fc["break_even"] == 2.25 and fc["above_break_even"] is True
+    assert fc["break_even"] == 1.75 and fc["above_break_even"] is True  # (4 + 3)/4
     assert (fc["macs_dense"], fc["macs_effective"], fc["macs"]) == (40, 6, 40)
     t = report["totals"]
     assert (t["weights"], t["nonzeros"], t["params_other"], t["params_all"]) == (40, 6, 4, 44)
@@ -134,8 +136,8 @@ def test_terminal_table_has_its_columns_a_total_row_and_the_totals(report):
         "layer", "type", "shape", "structure", "bits", "weights", "nonzero", "sparsity",
         "index", "storage", "break-even", "MACs", "eff.", "MACs",
     ]  # fmt: skip
-    assert lines[1].split()[:9] == ["fc", "Linear", "4×10", "irregular", "4", "40", "6",
-                                    "85.0%", "rel"]  # fmt: skip
+    assert lines[1].split()[:10] == ["fc", "Linear", "4×10", "irregular", "4", "40", "6",
+                                     "85.0%", "rice", "r=2"]  # fmt: skip
     assert lines[2].startswith("total")
     text = "\n".join(lines)
     assert "6.67× over prunable weights" in text and "4.4× over all 44 parameters" in text
@@ -166,5 +168,6 @@ def test_totals_add_up_over_layers_and_other_parameters():
     assert t["storage_bytes_dense"] == 4 * 431_080 and t["params_all"] == 431_080
     fc1 = layers[2]
     assert (fc1["structure"], fc1["quantization"], fc1["bits"]) == ("irregular", "ternary", 2)
-    assert fc1["index_kind"] == "relative" and layers[0]["index_kind"] == "none"
+    assert fc1["index_kind"] == "rice" and layers[0]["index_kind"] == "none"
+    assert fc1["nonzero_bits"] == 1 and fc1["value_bits"] == fc1["nonzeros"]  # the sign
     assert layers[1]["quantization"] == "fp32" and layers[1]["bits"] == 32

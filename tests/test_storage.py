@@ -13,65 +13,53 @@ from torch import nn
 from dualprune import models
 from dualprune.constraints import Quantization, Sparsity
 from dualprune.storage import (
+    INDEX_KINDS,
     MAX_INDEX_BITS,
+    MAX_RICE_PARAMETER,
     code_bits,
     layer_storage,
     model_storage,
-    relative_gaps,
-    relative_padding,
+    nonzero_code_bits,
     scale_count,
 )
 
-# ---- a brute-force relative-index encoder ------------------------------------------------
+# ---- brute force over every code and parameter ---------------------------------------------
 
 
-def encode_relative(mask: list[bool], width: int) -> list[tuple[int, bool]]:
-    """The index stream of Deep Compression: (gap, is_padding) per stored entry.
+def brute_costs(mask: list[bool], levels: list[float] | None) -> dict[tuple[str, int], int]:
+    """Bits (without scales) of every code × parameter that can hold the mask.
 
-    Walks the flat mask; a gap that does not fit in ``width`` bits (> 2^width − 1)
-    is bridged by padding entries of the largest gap, each a stored zero.
+    Walks the mask and counts each code's fields one by one: none stores every
+    entry at ⌈log₂ L⌉ bits; the sparse codes store each nonzero among the nonzero
+    levels only, plus a bitmask, relative fields (escape = advance 2^w − 1) or the
+    Rice words (q ones, a zero, r bits).
     """
-    top = 2**width - 1
-    stream: list[tuple[int, bool]] = []
-    last = -1
-    for pos, keep in enumerate(mask):
-        if not keep:
-            continue
-        gap = pos - last
-        while gap > top:
-            stream.append((top, True))
-            gap -= top
-        stream.append((gap, False))
-        last = pos
-    return stream
-
-
-def decode_relative(stream: list[tuple[int, bool]]) -> list[int]:
-    pos, out = -1, []
-    for gap, padding in stream:
-        pos += gap
-        if not padding:
-            out.append(pos)
-    return out
-
-
-def brute_costs(mask: list[bool], b: int, zero_ok: bool) -> dict[str, int]:
-    """Bits (without scales) of every code that can hold the mask."""
     n, k = len(mask), sum(mask)
+    if levels is None:
+        b_w = b_nz = 32
+    else:
+        b_w = max(1, math.ceil(math.log2(len(levels))))
+        nonzero = sum(v != 0 for v in levels)
+        b_nz = math.ceil(math.log2(nonzero)) if nonzero > 1 else 0
+    gaps, last = [], -1
+    for pos, keep in enumerate(mask):
+        if keep:
+            gaps.append(pos - last)
+            last = pos
     costs = {}
-    if k == n or zero_ok:
-        costs["none"] = n * b
+    if k == n or levels is None or 0.0 in levels:
+        costs["none", 0] = n * b_w
     if k < n:
-        costs["bitmask"] = k * b + n
-        rel = []
-        for width in range(1, MAX_INDEX_BITS + 1):
-            stream = encode_relative(mask, width)
-            pads = sum(p for _, p in stream)
-            if pads and not zero_ok:
-                continue
-            rel.append(len(stream) * (b + width))
-        if rel:
-            costs["relative"] = min(rel)
+        costs["bitmask", 1] = k * b_nz + n
+        for w in range(1, MAX_INDEX_BITS + 1):
+            fields = 0
+            for g in gaps:
+                while g > 2**w - 1:
+                    fields, g = fields + 1, g - (2**w - 1)
+                fields += 1
+            costs["relative", w] = k * b_nz + fields * w
+        for r in range(MAX_RICE_PARAMETER + 1):
+            costs["rice", r] = k * b_nz + sum(((g - 1) >> r) + 1 + r for g in gaps)
     return costs
 
 
@@ -80,7 +68,7 @@ dense_masks = st.lists(st.booleans(), min_size=1, max_size=300)
 
 @st.composite
 def sparse_masks(draw: st.DrawFn) -> list[bool]:
-    """Long weights with few nonzeros, so that gaps need padding at many widths."""
+    """Long weights with few nonzeros, so that gaps need escapes at many widths."""
     n = draw(st.integers(1, 70_000))
     positions = draw(st.sets(st.integers(0, n - 1), max_size=12))
     mask = [False] * n
@@ -92,11 +80,14 @@ def sparse_masks(draw: st.DrawFn) -> list[bool]:
 masks = st.one_of(dense_masks, sparse_masks())
 VALUE_SETS = [
     None,
+    Quantization(bits=2),
     Quantization(bits=4),
     Quantization(bits=8, scale="channel"),
     Quantization(levels="ternary"),
     Quantization(levels="binary"),
+    Quantization(bits=3, levels="pow2"),
     Quantization(levels=[0.25, 0.5, 1.0]),  # no 0 level
+    Quantization(levels=[0.0, 1.0], scale="none"),  # one nonzero level: 0-bit values
 ]
 
 
@@ -107,35 +98,33 @@ def weight_of(mask: list[bool]) -> torch.Tensor:
 # ---- properties --------------------------------------------------------------------------
 
 
-@settings(max_examples=60, deadline=None)
-@given(masks, st.integers(1, MAX_INDEX_BITS))
-def test_relative_padding_counts_the_padding_of_a_real_index_stream(mask, width):
-    stream = encode_relative(mask, width)
-    assert decode_relative(stream) == [i for i, m in enumerate(mask) if m]
-    assert all(1 <= gap <= 2**width - 1 for gap, _ in stream)
-    gaps = relative_gaps(torch.tensor(mask))
-    assert relative_padding(gaps, width) == sum(p for _, p in stream)
-
-
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(masks, st.sampled_from(range(len(VALUE_SETS))))
-def test_the_chosen_code_is_the_cheapest_possible_one(mask, which):
+def test_the_chosen_code_is_the_cheapest_of_all_codes_and_parameters(mask, which):
     q = VALUE_SETS[which]
-    w = weight_of(mask)
-    s = layer_storage(w, q)
-    b = code_bits(q)
-    zero_ok = q is None or bool((q.level_values() == 0).any())
-    costs = brute_costs(mask, b, zero_ok)
-    assert s.total_bits - s.scale_bits == min(costs.values())
-    assert costs[s.index_kind] == s.value_bits + s.index_bits
+    s = layer_storage(weight_of(mask), q)
+    costs = brute_costs(mask, None if q is None else q.level_values().tolist())
+    best = min(costs.values())
+    assert s.total_bits - s.scale_bits == best
+    assert costs[s.index_kind, s.index_bits_per_entry] == s.value_bits + s.index_bits
+    first = min(  # ties: the simpler code, then the smaller parameter
+        (INDEX_KINDS.index(kind), param) for (kind, param), c in costs.items() if c == best
+    )
+    assert (INDEX_KINDS.index(s.index_kind), s.index_bits_per_entry) == first
     assert s.total_bits == s.value_bits + s.index_bits + s.scale_bits
     assert s.dense_bits == 32 * len(mask) and s.bytes == math.ceil(s.total_bits / 8)
-    if s.index_kind == "bitmask":
-        assert s.index_bits == len(mask) and s.index_bits_per_entry == 1
-    if s.index_kind == "relative":
-        stream = encode_relative(mask, s.index_bits_per_entry)
-        assert s.index_bits == len(stream) * s.index_bits_per_entry
-        assert s.value_bits == len(stream) * b and s.padding == sum(p for _, p in stream)
+    rel = {p: c for (kind, p), c in costs.items() if kind == "relative"}
+    rice = {p: c for (kind, p), c in costs.items() if kind == "rice"}
+    if rel:  # the best parameter of each code is reported, chosen or not
+        assert rel[s.relative_index_bits] == min(rel.values())
+        assert rice[s.rice_parameter] == min(rice.values())
+        assert s.rice_bits + sum(mask) * s.nonzero_bits == min(rice.values())
+    if s.index_kind == "none":
+        assert s.value_bits == len(mask) * s.bits and s.index_bits == 0
+    else:
+        assert s.value_bits == sum(mask) * s.nonzero_bits
+    if s.index_kind != "relative":
+        assert s.padding == 0
     if all(mask):
         assert s.index_kind == "none" and s.index_bits == 0
 
@@ -156,18 +145,31 @@ def test_a_hand_counted_layer():
     w = torch.zeros(4, 10)
     w.view(-1)[[0, 1, 2, 3, 20, 39]] = 1.0  # gaps 1, 1, 1, 1, 17, 19
     s = layer_storage(w, Sparsity(0.85) & Quantization(bits=4))
-    # widths 1..6 cost (6+34)·5, (6+11)·6, (6+4)·7, (6+2)·8, 6·9, 6·10; bitmask 6·4+40
-    assert (s.index_kind, s.index_bits_per_entry, s.padding) == ("relative", 5, 0)
-    assert (s.value_bits, s.index_bits, s.scale_bits) == (24, 30, 32)
-    assert (s.total_bits, s.bytes, s.dense_bits) == (86, 11, 1280)
-    assert s.break_even == (4 + 5) / 4 and s.break_even_pruning == pytest.approx(5 / 9)
+    # 4-bit uniform: 15 levels, 14 nonzero ones → 4 bits; values 6·4 = 24
+    # relative: widths 1..5 cost (6+34)·1, (6+11)·2, (6+4)·3, (6+2)·4, 6·5 → 3 bits, p = 4
+    # rice: r = 0..4 cost 34+6, 17+12, 8+18, 4+24, 2+30 → r = 2, 26 bits; bitmask 40
+    assert (s.index_kind, s.index_bits_per_entry, s.padding) == ("rice", 2, 0)
+    assert (s.relative_index_bits, s.rice_parameter, s.rice_bits) == (3, 2, 26)
+    assert (s.value_bits, s.index_bits, s.scale_bits) == (24, 26, 32)
+    assert (s.total_bits, s.bytes, s.dense_bits) == (82, 11, 1280)
+    assert s.break_even == (4 + 3) / 4 and s.break_even_pruning == pytest.approx(3 / 7)
+
+
+def test_relative_wins_on_regular_gaps_and_counts_its_escapes():
+    w = torch.zeros(3000)
+    w[9::10] = 1.0  # gaps of 10: a 4-bit field each, Rice needs at least 5 bits a gap
+    w[1000:1100] = 0.0  # one gap of 1109 − 999 = 110: 7 escapes of 15, no value slot
+    s = layer_storage(w, Quantization(bits=8))
+    assert (s.index_kind, s.index_bits_per_entry, s.nonzero) == ("relative", 4, 290)
+    assert s.padding == (110 - 1) // 15 == 7
+    assert s.index_bits == (s.nonzero + s.padding) * 4 and s.value_bits == s.nonzero * 8
 
 
 def test_admm_nn_break_even_of_8_bit_weights_with_4_bit_indices_is_1_5():
     w = torch.zeros(1000)
-    w[9::10] = 1.0  # every gap is 10: fits 4 bits (≤ 15), 3 bits would pad every entry
+    w[9::10] = 1.0  # every gap is 10: fits 4 bits (≤ 15), 3 bits would escape every entry
     s = layer_storage(w, Quantization(bits=8))
-    assert s.relative_index_bits == 4 and s.break_even == 1.5
+    assert s.relative_index_bits == 4 and s.nonzero_bits == s.bits == 8 and s.break_even == 1.5
     assert s.break_even_pruning == pytest.approx(1 / 3)
 
 
@@ -180,16 +182,18 @@ def test_a_layer_without_zeros_stores_no_index():
 
 def test_dense_is_kept_below_break_even():
     w = torch.ones(100)
-    w[:10] = 0  # 10% sparse 4-bit: bitmask 90·4 + 100 > 100·4, relative ≥ 90·(4 + 1)
+    w[:10] = 0  # 10% sparse 4-bit: bitmask 90·4 + 100 > 100·4, relative, rice ≥ 90·4 + 90
     assert layer_storage(w, Quantization(bits=4)).index_kind == "none"
-    assert layer_storage(w).index_kind == "bitmask"  # fp32: 90·32 + 100 < 100·32
+    assert layer_storage(w).index_kind == "bitmask"  # fp32: 90·32 + 100 < 100·32, ties to rice
 
 
-def test_binary_with_zeros_needs_an_index_and_ternary_zeros_are_skipped():
+def test_sparse_ternary_stores_one_bit_a_value_and_skips_its_zeros():
     w = torch.tensor([1.0, -1.0, 0.0, 1.0] * 8)
     assert layer_storage(w, Quantization(levels="binary")).index_kind != "none"
     t = layer_storage(w, Quantization(levels="ternary"))
-    assert t.bits == 2 and t.nonzero == 24
+    assert (t.bits, t.nonzero_bits, t.nonzero) == (2, 1, 24)
+    assert t.value_bits == 24 and t.index_kind != "none"  # 24 + index < 32 · 2
+    assert t.break_even == (1 + t.relative_index_bits) / 2
 
 
 def test_code_bits_and_scales():
@@ -204,6 +208,18 @@ def test_code_bits_and_scales():
     assert scale_count(w, Quantization(bits=4)) == 1
     assert scale_count(w, Quantization(levels=[0, 1], scale="none")) == 0
     assert scale_count(w, Sparsity(0.5)) == 0
+
+
+def test_nonzero_code_bits_count_the_nonzero_levels_only():
+    assert nonzero_code_bits(None) == nonzero_code_bits(Sparsity(0.5)) == 32
+    assert nonzero_code_bits(Quantization(levels="ternary")) == 1  # the sign
+    assert nonzero_code_bits(Quantization(levels="binary")) == 1
+    # uniform b-bit: 2^b − 1 levels with 0, 2^b − 2 without: b bits for b ≥ 3
+    assert [nonzero_code_bits(Quantization(bits=b)) for b in (2, 3, 4, 8)] == [1, 3, 4, 8]
+    assert nonzero_code_bits(Quantization(bits=3, levels="pow2")) == 3  # 6 nonzero levels
+    assert nonzero_code_bits(Quantization(levels=[-1, -0.5, 0, 0.5, 1])) == 2  # 4 of 5
+    assert nonzero_code_bits(Quantization(levels=[0.25, 0.5, 1.0])) == 2  # no 0: ⌈log₂ 3⌉
+    assert nonzero_code_bits(Quantization(levels=[0.0, 1.0], scale="none")) == 0
 
 
 def test_an_empty_layer_costs_only_its_scale():

@@ -9,6 +9,8 @@ The public API in one place::
     ...                                       # your loop: solver.regularize(), .step(), .update()
     masks = solver.hard_prune()               # W ← Π_S(W); masks.attach(model) to retrain
     small = dp.compact(model, example_input, masks)  # physically smaller (structured)
+    coupled = dp.Coupled.from_model(model, example_input, 0.5)  # residual channels as one set
+    solver = dp.ADMM(model, plan, coupled=coupled)            # ... solved with the plan
 
 See README.md for a tour and docs/ for the math.
 """
@@ -17,6 +19,7 @@ from dualprune import errors, solvers
 from dualprune.compact import CompactionPlan, CompactionWarning, compact, compaction_plan
 from dualprune.constraints import (
     Constraint,
+    Coupled,
     Intersection,
     Quantization,
     Sparsity,
@@ -27,6 +30,7 @@ from dualprune.masks import Masks
 from dualprune.plan import Plan
 from dualprune.solvers import ADMM, SLR, Magnitude, Solver
 from dualprune.sparsify import sparsify_for_inference
+from dualprune.widths import WidthSearch, search_widths
 
 __version__ = "0.1.0"
 
@@ -36,6 +40,7 @@ __all__ = [
     "CompactionPlan",
     "CompactionWarning",
     "Constraint",
+    "Coupled",
     "Intersection",
     "Magnitude",
     "Masks",
@@ -43,12 +48,14 @@ __all__ = [
     "Quantization",
     "Solver",
     "Sparsity",
+    "WidthSearch",
     "__version__",
     "channel_groups",
     "compact",
     "compaction_plan",
     "errors",
     "from_dict",
+    "search_widths",
     "solvers",
     "sparsify_for_inference",
 ]

@@ -41,10 +41,11 @@ _REPORT_COLUMNS = (
 _LEFT = 4  # the first columns (text) are left-aligned, numbers right-aligned
 COUNTING = (
     "Sparsity and compression count conv/linear weights only (biases and BatchNorm are never "
-    "pruned); 'over all parameters' adds them as nonzeros. Storage = values (b bits each) + "
-    "index (bitmask or relative indices with padding, whichever is smaller; none where dense "
-    "is smaller) + 32-bit scales; biases and BatchNorm (running statistics too) stay fp32; "
-    "indices ARE counted. Break-even = (b_w + b_idx)/b_w, the compression from which relative "
+    "pruned); 'over all parameters' adds them as nonzeros. Storage = values (b bits each; "
+    "fewer where an index marks the nonzeros: ternary 1 bit) + index (bitmask, relative "
+    "indices with escapes or Golomb-Rice gaps, whichever is smallest; none where dense is "
+    "smaller) + 32-bit scales; biases and BatchNorm (running statistics too) stay fp32; "
+    "indices ARE counted. Break-even = (b_nz + b_idx)/b_w, the compression from which relative "
     "indices pay off (ADMM-NN). MACs are per sample (FlopCounterMode); effective MACs skip zero "
     "weights; padding is not subtracted. Bytes are decimal (1 kB = 1000 B). See docs/report.md."
 )
@@ -111,6 +112,7 @@ def _layer_entry(s: LayerStats, constraint: Constraint | None) -> dict[str, Any]
         entry |= {
             "storage_bytes": st.bytes,
             "storage_bytes_dense": st.dense_bits // 8,
+            "nonzero_bits": st.nonzero_bits,
             "value_bits": st.value_bits,
             "index_bits": st.index_bits,
             "scale_bits": st.scale_bits,
@@ -118,6 +120,8 @@ def _layer_entry(s: LayerStats, constraint: Constraint | None) -> dict[str, Any]
             "index_bits_per_entry": st.index_bits_per_entry,
             "padding": st.padding,
             "relative_index_bits": st.relative_index_bits,
+            "rice_parameter": st.rice_parameter,
+            "rice_bits": st.rice_bits,
             "break_even": be,
             "break_even_pruning": st.break_even_pruning,
             "above_break_even": None if be is None else s.weights >= be * s.nonzero,
@@ -275,6 +279,8 @@ def _report_rows(report: Mapping[str, Any]) -> list[tuple[str, ...]]:
         index = la.get("index_kind", "–")
         if index == "relative":
             index = f"rel {la['index_bits_per_entry']}b"
+        elif index == "rice":
+            index = f"rice r={la['index_bits_per_entry']}"
         rows.append(
             (
                 la["name"],

@@ -1,45 +1,49 @@
 """Honest storage of a compressed model: values, index and scales (docs/algorithms.md §4).
 
-Let W be a prunable weight with n entries of which k are nonzero, b_w the bits of
-one stored value and b_idx the bits of one relative index. A layer is stored in
-the cheapest of three codes:
+Let W be a prunable weight with n entries of which k are nonzero, b_w = ⌈log₂ L⌉
+the bits of one of its L quantization levels and b_nz the bits of one nonzero
+value (below). A layer is stored in the cheapest of four codes:
 
-    none      n · b_w                       every entry, zeros included (no index)
-    bitmask   k · b_w + n                   the nonzeros plus 1 bit per entry
-    relative  (k + p) · (b_w + b_idx)       the nonzeros plus p padding zeros, each
-                                            with a b_idx-bit gap (Deep Compression)
+    none      n · b_w                   every entry, zeros included (no index)
+    bitmask   k · b_nz + n              the nonzeros plus 1 bit per entry
+    relative  k · b_nz + (k + p)·b_idx  the nonzeros plus a b_idx-bit gap each and
+                                        p escape fields for gaps longer than 2^b_idx − 1
+    rice      k · b_nz + U + k·(1 + r)  the nonzeros plus a Golomb–Rice code of each
+                                        gap with parameter r (U ones of unary quotients)
 
 plus 32 bits per quantization scale α, against dense fp32 = 32 · n. ``none`` is
 only possible when 0 is a value the code can hold (fp32, uniform, ternary, pow2,
-level lists containing 0), ``bitmask`` always; ``relative`` needs a padding zero
-only where a gap is too long, so it is possible without a 0 level when p = 0.
+level lists containing 0), the three sparse codes always. The gap codes, their
+exact bit counts and the fields written are those of :mod:`dualprune.indexcodes`:
+gaps g_j = q_j − q_{j−1} (q_0 = −1) between the nonzero positions read row-major
+(flat, across rows, no row pointers); zeros after the last nonzero cost nothing.
+b_idx is searched over 1 … 16 and r over 0 … 16 per layer; both are kept in the
+packed file's manifest, like the code itself, not in these bits.
 
-Relative indices (Han et al. 2016, §3): the nonzeros are read in row-major order
-of W (flat, across rows, no row pointers). With positions q_1 < … < q_k and
-q_0 = −1, the gaps are g_j = q_j − q_{j−1} ≥ 1; a b_idx-bit gap holds 1 … 2^b_idx − 1,
-so a gap g is written as ⌈g / (2^b_idx − 1)⌉ − 1 padding entries of the largest gap
-(each a stored zero: a value slot and an index) followed by the entry itself.
-Zeros after the last nonzero cost nothing (the decoder knows n). b_idx is searched
-over 1 … 16 per layer.
+Nonzero-only values. Where an index marks the nonzeros (bitmask, relative, rice)
+a stored value is never 0, so it is coded among the L' nonzero levels only:
+b_nz = ⌈log₂ L'⌉ (ternary {−α, 0, +α}: 1 bit, the sign; a uniform b-bit quantizer
+with L levels including 0: ⌈log₂(L − 1)⌉; a level list without 0 keeps ⌈log₂ L⌉;
+a single nonzero level: 0 bits). Unquantized values stay at 32 bits. The dense
+``none`` code stores zeros too and keeps b_w.
 
 What is stored is the weight as it is: its nonzeros decide k and the gaps, the
-constraint decides b_w and the scales. So build reports after the hard prune (the
-weights projected onto S). A value that the quantizer rounded to 0 inside the
-sparsity support (a ternary 0) is treated like a pruned entry: the index skips
-it. This is what an encoder that sees W does, and never costs more than storing
-it as a 2-bit code (its place in a gap is never dearer than a stored slot). The
-code width stays the quantizer's (ternary: 2 bits, ⌈log₂ 3⌉) even though a sparse
-ternary layer only stores ±1 — a conservative count.
+constraint decides the levels and the scales. So build reports after the hard
+prune (the weights projected onto S). A value that the quantizer rounded to 0
+inside the sparsity support (a ternary 0) is treated like a pruned entry: the
+index skips it, as an encoder that sees W does.
 
 ADMM-NN's storage break-even (§4): a sparse layer with relative indices is no
-larger than dense b_w-bit storage once W has compression n/k ≥ (b_w + b_idx)/b_w
-(padding ignored), i.e. a pruning ratio ≥ b_idx/(b_w + b_idx). Reported per layer
-with the b_idx that suits the layer's gaps.
+larger than dense b_w-bit storage once W has compression n/k ≥ (b_nz + b_idx)/b_w
+(escapes ignored), i.e. a pruning ratio ≥ 1 − b_w/(b_nz + b_idx). Reported per
+layer with the b_idx that suits the layer's gaps; with b_nz = b_w (fp32, 8-bit
+uniform) it is the paper's (b_w + b_idx)/b_w.
 
 References:
     Han, Mao, Dally, "Deep Compression: Compressing Deep Neural Networks with
     Pruning, Trained Quantization and Huffman Coding", ICLR 2016.
     Ren et al., "ADMM-NN", ASPLOS 2019 (break-even pruning ratio).
+    Golomb 1966, Rice 1979 (the gap code; :mod:`dualprune.indexcodes`).
 """
 
 from __future__ import annotations
@@ -48,31 +52,42 @@ import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
-import torch
 from torch import Tensor, nn
 
 from dualprune.constraints import Constraint, Intersection
+from dualprune.indexcodes import (
+    MAX_INDEX_BITS,
+    MAX_RICE_PARAMETER,
+    best_relative,
+    best_rice,
+    relative_gaps,
+    relative_padding,
+)
 from dualprune.plan import prunable_layers
 
 __all__ = [
     "DENSE_BITS",
+    "INDEX_KINDS",
     "MAX_INDEX_BITS",
+    "MAX_RICE_PARAMETER",
     "SCALE_BITS",
     "ModelStorage",
     "Storage",
     "code_bits",
     "layer_storage",
     "model_storage",
+    "nonzero_code_bits",
     "relative_gaps",
     "relative_padding",
     "scale_count",
     "value_part",
 ]
 
-#: Bits of one unquantized value (fp32), of one scale α, and the largest relative index searched.
+#: Bits of one unquantized value (fp32) and of one scale α.
 DENSE_BITS = 32
 SCALE_BITS = 32
-MAX_INDEX_BITS = 16
+#: The codes of a layer, in the order that breaks ties (the simpler first).
+INDEX_KINDS = ("none", "bitmask", "relative", "rice")
 
 
 @dataclass(frozen=True)
@@ -82,22 +97,27 @@ class Storage:
     Attributes:
         entries: n, the entries of the weight.
         nonzero: k, its nonzeros.
-        bits: b_w, bits of one stored value (32 unquantized).
+        bits: b_w = ⌈log₂ L⌉, bits of one value of the dense code (32 unquantized).
+        nonzero_bits: b_nz, bits of one value where the index marks the nonzeros
+            (⌈log₂ L'⌉ for the L' nonzero levels; 32 unquantized).
         dense_bits: 32 · n, the fp32 weight.
-        value_bits: stored values × b_w (padding zeros included).
+        value_bits: n · b_w for ``"none"``, k · b_nz for the sparse codes.
         index_bits: bits of the index (0 for ``"none"``).
-        index_kind: ``"none"``, ``"bitmask"`` or ``"relative"``, the cheapest possible.
-        index_bits_per_entry: width of one index entry: 0, 1 (one per weight entry)
-            or b_idx (one per stored value).
+        index_kind: ``"none"``, ``"bitmask"``, ``"relative"`` or ``"rice"``, the cheapest.
+        index_bits_per_entry: the chosen code's parameter: 0 (none), 1 (bitmask:
+            one bit per weight entry), b_idx (relative: bits of one field) or r
+            (rice: the low bits of each gap, after its unary quotient).
         scale_bits: 32 bits per quantization scale α.
-        padding: padding zeros stored by the relative code (0 otherwise).
-        relative_index_bits: b_idx that makes relative indices cheapest for this
-            layer (``None`` when no width works: a gap needs padding but 0 is no level).
+        padding: p, the escape fields of the chosen relative index (0 otherwise).
+        relative_index_bits: b_idx that makes relative indices cheapest for this layer.
+        rice_parameter: r that makes the Rice index cheapest for this layer.
+        rice_bits: index bits of that Rice index, U + k·(1 + r).
     """
 
     entries: int
     nonzero: int
     bits: int
+    nonzero_bits: int
     dense_bits: int
     value_bits: int
     index_bits: int
@@ -106,6 +126,8 @@ class Storage:
     scale_bits: int
     padding: int = 0
     relative_index_bits: int | None = None
+    rice_parameter: int | None = None
+    rice_bits: int | None = None
 
     @property
     def total_bits(self) -> int:
@@ -124,18 +146,17 @@ class Storage:
 
     @property
     def break_even(self) -> float | None:
-        """ADMM-NN storage break-even compression (b_w + b_idx)/b_w, b_idx = relative_index_bits.
+        """ADMM-NN storage break-even compression (b_nz + b_idx)/b_w, b_idx = relative_index_bits.
 
-        ``None`` for a layer without zeros (no gaps to size b_idx on) or when no
-        relative width is possible.
+        ``None`` for a layer without zeros (no gaps to size b_idx on).
         """
         if self.relative_index_bits is None or self.nonzero == self.entries:
             return None
-        return (self.bits + self.relative_index_bits) / self.bits
+        return (self.nonzero_bits + self.relative_index_bits) / self.bits
 
     @property
     def break_even_pruning(self) -> float | None:
-        """The same as a pruning ratio: b_idx / (b_w + b_idx)."""
+        """The same as a pruning ratio: 1 − b_w / (b_nz + b_idx)."""
         be = self.break_even
         return None if be is None else 1.0 - 1.0 / be
 
@@ -176,6 +197,19 @@ def code_bits(constraint: Constraint | None) -> int:
     return max(1, math.ceil(math.log2(levels.numel())))
 
 
+def nonzero_code_bits(constraint: Constraint | None) -> int:
+    """b_nz = ⌈log₂ L'⌉ for the L' nonzero levels (0 for one), 32 without a quantization part.
+
+    Ternary: 1 (the sign); uniform b-bit (L = 2^b − 1 levels with 0): ⌈log₂(L − 1)⌉,
+    i.e. 1 for b = 2 and b otherwise; a level list without 0: ⌈log₂ L⌉.
+    """
+    levels = _levels(constraint)
+    if levels is None:
+        return DENSE_BITS
+    count = int((levels != 0).sum())
+    return math.ceil(math.log2(count)) if count > 1 else 0
+
+
 def _zero_is_a_level(constraint: Constraint | None) -> bool:
     levels = _levels(constraint)
     return levels is None or bool((levels == 0).any())
@@ -191,32 +225,18 @@ def scale_count(weight: Tensor | tuple[int, ...], constraint: Constraint | None)
     return int(shape[0]) if scale == "channel" and shape else 1
 
 
-def relative_gaps(nonzero: Tensor) -> Tensor:
-    """Gaps g_j = q_j − q_{j−1} (q_0 = −1) between the nonzeros of a flattened mask (int64)."""
-    positions = torch.nonzero(nonzero.reshape(-1)).reshape(-1)  # (k,)
-    prev = torch.cat([positions.new_full((1,), -1), positions[:-1]])
-    return positions - prev
-
-
-def relative_padding(gaps: Tensor, index_bits: int) -> int:
-    """p = Σ_j (⌈g_j / M⌉ − 1) = Σ_j ⌊(g_j − 1)/M⌋ padding zeros, M = 2^index_bits − 1."""
-    if gaps.numel() == 0:
-        return 0
-    top = 2**index_bits - 1
-    return int(torch.div(gaps - 1, top, rounding_mode="floor").sum())
-
-
 def layer_storage(weight: Tensor, constraint: Constraint | None = None) -> Storage:
     """The cheapest honest storage of ``weight`` under ``constraint`` (module docstring).
 
     Args:
         weight: the weight as it is (after the hard prune: its zeros are what is pruned).
-        constraint: its constraint; the quantization part gives b_w and the scales,
-            ``None`` (or no quantization part) means fp32 values.
+        constraint: its constraint; the quantization part gives b_w, b_nz and the
+            scales, ``None`` (or no quantization part) means fp32 values.
 
     Returns:
-        A :class:`Storage`. Ties go to the simpler code (none, then bitmask, then
-        relative); a weight without zeros is always stored with no index.
+        A :class:`Storage`. Ties go to the simpler code (the order of
+        :data:`INDEX_KINDS`), then to the smaller b_idx or r; a weight without
+        zeros is always stored with no index.
 
     Example:
         >>> w = torch.zeros(10, 4); w[0, :2] = 1.0
@@ -227,38 +247,36 @@ def layer_storage(weight: Tensor, constraint: Constraint | None = None) -> Stora
     n = weight.numel()
     nz = weight.detach() != 0
     k = int(nz.sum())
-    b = code_bits(constraint)
-    zero_ok = _zero_is_a_level(constraint)
+    b, b_nz = code_bits(constraint), nonzero_code_bits(constraint)
     scales = SCALE_BITS * scale_count(weight, constraint)
-    base = {"entries": n, "nonzero": k, "bits": b, "dense_bits": DENSE_BITS * n}
-    # (total without scales, order for ties, kind, value bits, index bits, width, padding)
-    options: list[tuple[int, int, str, int, int, int, int]] = []
-    if k == n or zero_ok:
-        options.append((n * b, 0, "none", n * b, 0, 0, 0))
-    best_rel: tuple[int, int, int] | None = None  # (cost, b_idx, padding)
     gaps = relative_gaps(nz)
-    for width in range(1, MAX_INDEX_BITS + 1):
-        pad = relative_padding(gaps, width)
-        if pad and not zero_ok:
-            continue
-        cost = (k + pad) * (b + width)
-        if best_rel is None or cost < best_rel[0]:
-            best_rel = (cost, width, pad)
+    rel_bits, width, pad = best_relative(gaps)
+    rice_index, r, _ = best_rice(gaps)
+    # (total without scales, order for ties, kind, value bits, index bits, parameter, padding)
+    options: list[tuple[int, int, str, int, int, int, int]] = []
+    if k == n or _zero_is_a_level(constraint):
+        options.append((n * b, 0, "none", n * b, 0, 0, 0))
     if k < n:
-        options.append((k * b + n, 1, "bitmask", k * b, n, 1, 0))
-        if best_rel is not None:
-            cost, width, pad = best_rel
-            options.append((cost, 2, "relative", (k + pad) * b, (k + pad) * width, width, pad))
-    _, _, kind, values, index, per_entry, pad = min(options)
+        values = k * b_nz
+        options.append((values + n, 1, "bitmask", values, n, 1, 0))
+        options.append((values + rel_bits, 2, "relative", values, rel_bits, width, pad))
+        options.append((values + rice_index, 3, "rice", values, rice_index, r, 0))
+    _, _, kind, values, index, param, pad = min(options)
     return Storage(
-        **base,
+        entries=n,
+        nonzero=k,
+        bits=b,
+        nonzero_bits=b_nz,
+        dense_bits=DENSE_BITS * n,
         value_bits=values,
         index_bits=index,
         index_kind=kind,
-        index_bits_per_entry=per_entry,
+        index_bits_per_entry=param,
         scale_bits=scales,
         padding=pad,
-        relative_index_bits=None if best_rel is None else best_rel[1],
+        relative_index_bits=width,
+        rice_parameter=r,
+        rice_bits=rice_index,
     )
 
 

@@ -166,3 +166,34 @@ def test_recipe_hardware_section_is_validated(tmp_path, data_root):
         recipe(tmp_path, data_root, hardware={**HARDWARE, "profile": "nope"})
     with pytest.raises(ConfigError, match="hardware"):
         recipe(tmp_path, data_root, hardware={**HARDWARE, "colour": 3})
+
+
+def test_widths_command_on_a_zoo_model(tmp_path, capsys):
+    out = tmp_path / "widths.json"
+    code = main(
+        [
+            "widths",
+            "lenet5",
+            "--macs-ratio",
+            "2",
+            "--slack",
+            "0.1",
+            "--multiple-of",
+            "10",
+            "--batch-size",
+            "4",
+            "--repeats",
+            "2",
+            "--json",
+            str(out),
+        ]
+    )
+    text = capsys.readouterr().out
+    assert code == 0 and "<- fastest" in text
+    data = json.loads(out.read_text())
+    assert data["model"] == "lenet5" and 2 <= data["best"]["macs_ratio"] <= 2.2
+
+
+def test_widths_command_unknown_model(capsys):
+    assert main(["widths", "lenet-9"]) == 2
+    assert "lenet-9" in capsys.readouterr().err

@@ -89,6 +89,17 @@ def test_crop_is_a_window_of_the_padded_image() -> None:
     assert seen_flip and seen_shift
 
 
+def test_shift_without_flip_never_mirrors() -> None:
+    x, y = toy(40, size=12)
+    seen_shift = False
+    for xb, yb in make(x, y, flip=False, pad=2):
+        for img, i in zip(unnormalize(xb), yb.tolist(), strict=True):
+            matches = [k for k, win in enumerate(windows(x[i], 2)) if torch.equal(win, img)]
+            assert len(matches) == 1 and matches[0] % 2 == 0  # an unmirrored window
+            seen_shift |= matches[0] // 2 != 12  # 12 = the centred window (2, 2)
+    assert seen_shift
+
+
 def test_augmentation_varies_per_sample() -> None:
     img = torch.randint(0, 256, (1, 3, 32, 32), dtype=torch.uint8)
     x = img.expand(64, -1, -1, -1).contiguous()

@@ -1,4 +1,4 @@
-"""Subcommands that make a compressed model deployable: compact, bench, export."""
+"""Subcommands that make a compressed model deployable: compact, bench, export, widths."""
 
 from __future__ import annotations
 
@@ -141,6 +141,55 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_widths(args: argparse.Namespace) -> int:
+    """``dualprune widths MODEL|RUN_DIR``: channel widths that run fast on this CPU."""
+    import torch
+
+    from dualprune.widths import search_widths
+
+    if Path(args.model).exists():
+        from dualprune.pipeline.artifacts import load_artifact
+
+        art = load_artifact(args.model)
+        model, x, source = art.model.eval(), art.random_input(2), str(art.source)
+    else:
+        from dualprune import models
+
+        model = models.create(args.model, num_classes=args.num_classes).eval()
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(2, *models.spec(args.model).input_shape, generator=g)
+        source = args.model
+    found = search_widths(
+        model,
+        x,
+        macs_ratio=args.macs_ratio,
+        slack=args.slack,
+        multiple_of=args.multiple_of,
+        batch_size=args.batch_size,
+        threads=args.threads,
+        repeats=args.repeats,
+        ignore=args.ignore,
+        progress=print,
+    )
+    print()
+    print(found)
+    if args.json:
+        out = {"model": source, "command": "widths", **found.as_dict()}
+        Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got '{text}'")
+    return value
+
+
 def _batch_sizes(text: str) -> tuple[int, ...]:
     try:
         sizes = tuple(int(t) for t in text.split(","))
@@ -194,7 +243,7 @@ def register(sub: Any) -> None:
         help="export as packed, ONNX or torch (safetensors + architecture)",
         description=(
             "packed: the weights in the code the report counts (values at their bits, "
-            "bitmask or relative indices, scales), restored bit for bit by "
+            "bitmask, relative or Golomb-Rice indices, scales), restored bit for bit by "
             "dualprune.export.load_packed. onnx: the compacted model, checked with "
             "onnxruntime (pip install 'dualprune[export]'). torch: the compacted model's "
             "state dict plus its architecture, loaded without unpickling."
@@ -207,6 +256,34 @@ def register(sub: Any) -> None:
         "--no-compact", action="store_true", help="onnx/torch: export without compaction"
     )
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser(
+        "widths",
+        help="search channel widths that run fast on this CPU",
+        description=(
+            "Try every assignment of kept channel widths (one per class of coupled groups "
+            "with the same channel count, multiples of --multiple-of) that cuts MACs by "
+            "--macs-ratio to --macs-ratio*(1+--slack), compact and time each interleaved "
+            "with the dense model, and print them fastest first (docs/speed.md)."
+        ),
+    )
+    p.add_argument("model", help="a zoo model name (dualprune models) or " + where)
+    p.add_argument("--macs-ratio", type=_positive_float, default=2.0, help="default 2")
+    p.add_argument("--slack", type=float, default=0.15, help="default 0.15")
+    p.add_argument("--multiple-of", type=positive_int, default=8, help="default 8")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="default 64")
+    p.add_argument("--repeats", type=positive_int, default=7, help="timed repeats (7)")
+    p.add_argument("--num-classes", type=positive_int, default=10, help="zoo models (10)")
+    p.add_argument(
+        "--ignore",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="keep this module's output channels (repeatable), e.g. fc",
+    )
+    p.add_argument("--json", metavar="FILE", help="also write the result here")
+    add_threads(p)
+    p.set_defaults(func=cmd_widths, threads=1)
     hw.register(sub)
 
 

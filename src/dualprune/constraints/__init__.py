@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from dualprune.constraints.base import Constraint, Intersection, kept_count, round_to_multiple
+from dualprune.constraints.coupled import Coupled, is_chain
 from dualprune.constraints.groups import (
     ChannelGroup,
     TiedSlice,
@@ -35,6 +36,7 @@ __all__ = [
     "TYPES",
     "ChannelGroup",
     "Constraint",
+    "Coupled",
     "Intersection",
     "Quantization",
     "Sparsity",
@@ -45,6 +47,7 @@ __all__ = [
     "from_dict",
     "gemm_shape",
     "gemm_view",
+    "is_chain",
     "keep_channels",
     "kept_count",
     "project_coupled",

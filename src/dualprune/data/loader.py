@@ -75,7 +75,8 @@ class Loader:
 
     Each batch is ``x`` float32 (B, C, H, W) normalised as ``(x/255 - mean) / std`` and
     ``y`` int64 (B,). With ``augment``, each sample is randomly cropped from its copy
-    zero-padded by ``pad`` pixels and mirrored left-right with probability 1/2.
+    zero-padded by ``pad`` pixels (a random shift of up to ``pad`` pixels each way) and,
+    with ``flip``, mirrored left-right with probability 1/2 (leave it off for digits).
 
     The order and augmentation of epoch e depend only on ``(seed, e)``. Call
     :meth:`set_epoch` before each epoch (like a ``DistributedSampler``); a pass that runs
@@ -88,10 +89,11 @@ class Loader:
         mean: Per-channel mean in [0, 1] units (length C).
         std: Per-channel std in [0, 1] units (length C).
         shuffle: Draw a new permutation every epoch; otherwise keep the stored order.
-        augment: Random crop + horizontal flip, drawn per sample.
+        augment: Random crop (+ horizontal flip, see ``flip``), drawn per sample.
         seed: Seed of the per-epoch generators.
         drop_last: Skip the last, smaller batch.
         pad: Zero padding for the random crop.
+        flip: Mirror half of the augmented samples left-right.
         device: Where to keep the data and build batches (default: where ``x`` is).
 
     Raises:
@@ -118,6 +120,7 @@ class Loader:
         seed: int = 0,
         drop_last: bool = False,
         pad: int = 4,
+        flip: bool = True,
         device: str | torch.device | None = None,
     ) -> None:
         if not isinstance(x, torch.Tensor) or x.dtype != torch.uint8 or x.ndim != 4:
@@ -147,6 +150,7 @@ class Loader:
         self.seed = int(seed)
         self.drop_last = drop_last
         self.pad = pad
+        self.flip = flip
         self.epoch = 0
         # x_norm = x * (1 / (255 std)) - mean / std, per channel, shaped (1, C, 1, 1)
         std_t = torch.tensor(self.std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
@@ -190,6 +194,8 @@ class Loader:
         if self.augment:
             shifts = torch.randint(0, 2 * self.pad + 1, (n, 2), generator=g).to(device)
             flips = (torch.rand(n, generator=g) < 0.5).to(device)
+            if not self.flip:
+                flips.zero_()
         for i in range(len(self)):
             lo, hi = i * bs, min((i + 1) * bs, n)
             if order is None:

@@ -1,22 +1,29 @@
 """One prunable weight as a bit stream, exactly as :mod:`dualprune.storage` counts it (§4).
 
-Let W be the weight (n entries, k nonzero, read row-major), b_w the bits of a
-stored value, s the number of scales α and m the number of stored values. The
-stream of a layer is three fields back to back (:mod:`~dualprune.export.bits`):
+Let W be the weight (n entries, k nonzero, read row-major), s the number of
+scales α, b_w = ⌈log₂ L⌉ the bits of a level and b_nz = ⌈log₂ L'⌉ the bits of a
+nonzero level (L' of them). The stream of a layer is three fields back to back
+(:mod:`~dualprune.export.bits`), with no alignment between them:
 
-    scales   s × 32 bits    α as fp32 (s = 0, 1 or one per output channel)
-    values   m × b_w bits   a quantized value is the index j of its level ℓ_j in
-                            ``Quantization.level_values()`` (b_w = ⌈log₂ L⌉); an
-                            unquantized one is its fp32 bit pattern (b_w = 32)
-    index    none:      nothing, m = n (every entry stored, zeros included)
-             bitmask:   n × 1 bit, 1 = nonzero, m = k
-             relative:  m × b_idx bits, the gaps g between stored entries, m = k + p
-                        (p padding entries of gap 2^b_idx − 1 holding the value 0)
+    scales   s × 32 bits     α as fp32 (s = 0, 1 or one per output channel)
+    values   none:    n × b_w bits, entry j of a level ℓ_j of
+                      ``Quantization.level_values()`` for every entry, zeros included
+             others:  k × b_nz bits, the index of each nonzero's level among the
+                      nonzero levels only (ternary: 1 bit, the sign)
+                      unquantized values are their fp32 bit pattern (32 bits) in both
+    index    none:      nothing
+             bitmask:   n × 1 bit, 1 = nonzero
+             relative:  (k + p) × b_idx bits, the fields of
+                        :func:`~dualprune.indexcodes.relative_fields` (0 = escape:
+                        advance 2^b_idx − 1 positions, no value)
+             rice:      U + k bits of unary quotients, then k × r remainder bits
+                        (:func:`~dualprune.indexcodes.rice_fields`)
 
-so it has exactly ``layer_storage(W, constraint).total_bits`` bits: the code
-(none / bitmask / relative), b_idx and p are the ones that
-:func:`~dualprune.storage.layer_storage` chose, and the gaps come from
-:func:`~dualprune.storage.relative_gaps`.
+so it has exactly ``layer_storage(W, constraint).total_bits`` bits: the code and
+its parameter (b_idx or r) are the ones :func:`~dualprune.storage.layer_storage`
+chose. The manifest entry holds the code, its parameter (``b_idx``: 0, 1, b_idx
+or r), the stored values ``m`` (n or k) and, for relative and rice, ``p`` (the
+escapes p, or the unary ones U), from which the stream's length follows.
 
 A quantized entry decodes to ``(ℓ_j · α)`` computed in fp32 (at least) and cast to
 W's dtype, the arithmetic of :class:`~dualprune.enforce.LevelGrid` and
@@ -36,18 +43,25 @@ from torch import Tensor
 from dualprune.constraints import Constraint, Quantization, from_dict
 from dualprune.errors import CheckpointError, ConfigError, DualpruneError
 from dualprune.export.bits import BitReader, BitWriter, float_codes, float_from_codes
+from dualprune.indexcodes import (
+    relative_fields,
+    relative_gaps,
+    relative_positions,
+    rice_fields,
+    rice_positions,
+)
 from dualprune.storage import (
+    INDEX_KINDS,
     SCALE_BITS,
     Storage,
     code_bits,
     layer_storage,
-    relative_gaps,
-    relative_padding,
+    nonzero_code_bits,
     scale_count,
     value_part,
 )
 
-__all__ = ["decode_layer", "encode_layer", "stream_bytes"]
+__all__ = ["decode_layer", "encode_layer", "stream_bits", "stream_bytes"]
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -150,6 +164,19 @@ def _nearest(x: Tensor, alpha: Tensor, mids: Tensor) -> Tensor:
     return torch.searchsorted(mids, (x.double() / safe).contiguous(), right=True)
 
 
+def _write(writer: BitWriter, values: Tensor, width: int) -> None:
+    """Append ``values`` at ``width`` bits (nothing for width 0 or no values)."""
+    if width and values.numel():
+        writer.write(values, width)
+
+
+def _read(reader: BitReader, count: int, width: int) -> Tensor:
+    """The next ``count`` fields of ``width`` bits (zeros for width 0)."""
+    if not width or not count:
+        return torch.zeros(count, dtype=torch.int64)
+    return reader.read(count, width)
+
+
 def encode_layer(
     key: str, weight: Tensor, constraint: Constraint | None, scales: Tensor | None = None
 ) -> tuple[Tensor, dict[str, Any], Storage]:
@@ -158,12 +185,13 @@ def encode_layer(
     Args:
         key: The parameter name (for messages).
         weight: W as it is (after the hard prune; its zeros are what is pruned).
-        constraint: Its constraint; the quantization part gives the levels and b_w.
+        constraint: Its constraint; the quantization part gives the levels, b_w and b_nz.
         scales: α as the masks hold it, or ``None`` to recover it from W.
 
     Returns:
-        ``(stream, entry, storage)``: the uint8 stream of ⌈total_bits/8⌉ bytes, the
-        JSON-ready entry :func:`decode_layer` needs, and ``layer_storage(W, constraint)``.
+        ``(stream, entry, storage)``: the uint8 stream of ⌈total_bits/8⌉ bytes
+        holding exactly ``storage.total_bits`` bits, the JSON-ready entry
+        :func:`decode_layer` needs, and ``layer_storage(W, constraint)``.
 
     Raises:
         ConfigError: W is not fp32/fp16/bf16, or not on its quantization grid.
@@ -180,42 +208,40 @@ def encode_layer(
     flat = w.reshape(-1)
     nz = flat != 0
     writer = BitWriter()
-    zero_code = 0  # +0.0 for fp32 values, the index of level 0 for quantized ones
     if q is None:
         codes = float_codes(flat)
+        nonzero_codes = codes[nz]
     else:
         codes2d, alpha = _fit_codes(key, w, q, scales)
         codes = codes2d.reshape(-1)
-        zero = (q.level_values() == 0).nonzero()
-        zero_code = int(zero[0]) if zero.numel() else 0
-        count = scale_count(w, constraint)
-        writer.write(float_codes(alpha[:count]), SCALE_BITS)
-    if st.index_kind == "none":
-        stored = codes
-    elif st.index_kind == "bitmask":
-        stored = codes[nz]
-    else:
-        top = 2**st.index_bits_per_entry - 1
-        gaps = relative_gaps(nz)
-        pads = torch.div(gaps - 1, top, rounding_mode="floor")
-        m = int(nz.sum()) + relative_padding(gaps, st.index_bits_per_entry)
-        last = torch.cumsum(pads + 1, 0) - 1  # slot of each nonzero after its padding
-        index = torch.full((m,), top, dtype=torch.int64)
-        index[last] = gaps - pads * top
-        stored = torch.full((m,), zero_code, dtype=torch.int64)
-        stored[last] = codes[nz]
-    if stored.numel():
-        writer.write(stored, st.bits)
-    if st.index_kind == "bitmask":
-        writer.write(nz.to(torch.int64), 1)
-    elif st.index_kind == "relative" and index.numel():
-        writer.write(index, st.index_bits_per_entry)
-    entry: dict[str, Any] = {"shape": list(w.shape)}  # b_w and s follow from q and the shape
+        rank = torch.cumsum(q.level_values() != 0, 0) - 1  # level j → its rank among ℓ ≠ 0
+        nonzero_codes = rank[codes[nz]]
+        writer.write(float_codes(alpha[: scale_count(w, constraint)]), SCALE_BITS)
+    kind, param = st.index_kind, st.index_bits_per_entry
+    entry: dict[str, Any] = {"shape": list(w.shape)}  # b_w, b_nz and s follow from q and shape
     if dtype != "float32":
         entry["dtype"] = dtype
     if q is not None:
         entry["q"] = {k: v for k, v in q.to_dict().items() if k != "type"}
-    entry.update(index=st.index_kind, b_idx=st.index_bits_per_entry, m=int(stored.numel()))
+    entry.update(index=kind, b_idx=param, m=st.nonzero if kind != "none" else st.entries)
+    if kind == "none":
+        _write(writer, codes, st.bits)
+    else:
+        _write(writer, nonzero_codes, st.nonzero_bits)
+    gaps = relative_gaps(nz)
+    if kind == "bitmask":
+        _write(writer, nz.to(torch.int64), 1)
+    elif kind == "relative":
+        fields = relative_fields(gaps, param)
+        _write(writer, fields, param)
+        entry["p"] = fields.numel() - st.nonzero
+    elif kind == "rice":
+        unary, remainders = rice_fields(gaps, param)
+        _write(writer, unary, 1)
+        _write(writer, remainders, param)
+        entry["p"] = unary.numel() - st.nonzero
+    if writer.bits != st.total_bits:  # the file must be the count, bit for bit
+        raise RuntimeError(f"'{key}': {writer.bits} bits written, {st.total_bits} counted")
     return writer.getvalue(), entry, st
 
 
@@ -232,68 +258,91 @@ def decode_layer(key: str, data: Tensor, entry: dict[str, Any]) -> Tensor:
         raise CheckpointError(f"packed weight '{key}' is corrupt ({first})") from None
 
 
-def _parse(entry: dict[str, Any]) -> tuple[tuple[int, ...], Quantization | None, str, int, int]:
-    """(shape, quantizer, index code, b_idx, m) of a manifest entry."""
+def _parse(
+    entry: dict[str, Any],
+) -> tuple[tuple[int, ...], Quantization | None, str, int, int, int]:
+    """(shape, quantizer, index code, its parameter, m, p) of a manifest entry."""
     shape = tuple(int(d) for d in entry["shape"])
-    kind, width, m = entry["index"], int(entry["b_idx"]), int(entry["m"])
-    if kind not in ("none", "bitmask", "relative"):
+    kind, param, m = entry["index"], int(entry["b_idx"]), int(entry["m"])
+    p = int(entry.get("p", 0))
+    if kind not in INDEX_KINDS:
         raise CheckpointError(f"unknown index code {kind!r}")
-    if min((m, width, *shape), default=0) < 0 or (kind == "relative" and not 1 <= width <= 32):
+    n = torch.Size(shape).numel()
+    bad = min((m, param, p, *shape), default=0) < 0 or m > n
+    bad |= (kind == "relative" and not 1 <= param <= 32) or (kind == "rice" and param > 31)
+    if bad or (kind == "none" and m != n) or (kind in ("none", "bitmask") and p):
         raise CheckpointError(f"bad sizes in {entry!r}")
     q = None
     if entry.get("q") is not None:
         q = from_dict({"type": "quantization", **entry["q"]})
         if not isinstance(q, Quantization):
             raise CheckpointError(f"quantizer {entry['q']!r} is not a quantization")
-    return shape, q, kind, width, m
+    return shape, q, kind, param, m, p
 
 
-def stream_bytes(entry: dict[str, Any]) -> int:
-    """Bytes of the stream that ``entry`` describes: ⌈(32·s + m·b_w + index bits)/8⌉.
+def _index_bits(kind: str, n: int, m: int, param: int, p: int) -> int:
+    """Bits of the index: 0, n, (m + p)·b_idx or p + m·(1 + r) (storage's formulas)."""
+    return {"none": 0, "bitmask": n, "relative": (m + p) * param, "rice": p + m * (1 + param)}[kind]
 
-    The index takes n bits (bitmask), m·b_idx bits (relative) or none, as
-    :func:`encode_layer` writes it; so the stream's length follows from the entry.
+
+def stream_bits(entry: dict[str, Any]) -> int:
+    """Bits of the stream that ``entry`` describes: 32·s + m·b (b_w or b_nz) + index bits.
+
+    Equal to ``layer_storage(W, constraint).total_bits`` of the weight it was written for.
 
     Raises:
         CheckpointError: A malformed entry.
     """
     try:
-        shape, q, kind, width, m = _parse(entry)
+        shape, q, kind, param, m, p = _parse(entry)
     except CheckpointError:
         raise
     except (DualpruneError, ValueError, KeyError, TypeError) as err:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:120]
         raise CheckpointError(f"malformed packed entry ({first})") from None
-    bits = SCALE_BITS * scale_count(shape, q) + m * code_bits(q)
+    b = code_bits(q) if kind == "none" else nonzero_code_bits(q)
+    n = torch.Size(shape).numel()
+    return SCALE_BITS * scale_count(shape, q) + m * b + _index_bits(kind, n, m, param, p)
+
+
+def stream_bytes(entry: dict[str, Any]) -> int:
+    """Bytes of the stream that ``entry`` describes: ⌈:func:`stream_bits` / 8⌉.
+
+    Raises:
+        CheckpointError: A malformed entry.
+    """
+    return -(-stream_bits(entry) // 8)
+
+
+def _positions(reader: BitReader, kind: str, n: int, m: int, param: int, p: int) -> Tensor:
+    """Read the index; the flat positions of the m stored values."""
+    if kind == "none":
+        return torch.arange(n)
     if kind == "bitmask":
-        bits += torch.Size(shape).numel()
-    elif kind == "relative":
-        bits += m * width
-    return -(-bits // 8)
+        positions = _read(reader, n, 1).nonzero().reshape(-1)
+        if positions.numel() != m:
+            raise CheckpointError(f"bitmask marks {positions.numel()} entries for {m} values")
+        return positions
+    if kind == "relative":
+        positions = relative_positions(_read(reader, m + p, param), param)
+    else:  # rice
+        unary = _read(reader, m + p, 1)
+        positions = rice_positions(unary, _read(reader, m, param), param)
+    if positions.numel() != m or (m and int(positions[-1]) >= n):
+        raise CheckpointError(f"{kind} indices give {positions.numel()} of {m} entries in {n}")
+    return positions
 
 
 def _decode(data: Tensor, entry: dict[str, Any]) -> Tensor:
-    shape, q, kind, width, m = _parse(entry)
+    shape, q, kind, param, m, p = _parse(entry)
     dtype = _DTYPES[entry.get("dtype", "float32")]
     n = int(torch.Size(shape).numel())
-    b, s = code_bits(q), scale_count(shape, q)
+    b = code_bits(q) if kind == "none" else nonzero_code_bits(q)
+    s = scale_count(shape, q)
     reader = BitReader(data)
     alpha = float_from_codes(reader.read(s, SCALE_BITS)) if s else torch.ones(1)
-    codes = reader.read(m, b) if m else torch.zeros(0, dtype=torch.int64)
-    if kind == "none":
-        positions = torch.arange(n)
-        if m != n:
-            raise CheckpointError(f"{m} values stored for {n} entries")
-    elif kind == "bitmask":
-        bitmask = reader.read(n, 1) if n else torch.zeros(0, dtype=torch.int64)
-        positions = bitmask.nonzero().reshape(-1)
-        if positions.numel() != m:
-            raise CheckpointError(f"bitmask marks {positions.numel()} entries for {m} values")
-    else:  # relative
-        gaps = reader.read(m, width) if m else torch.zeros(0, dtype=torch.int64)
-        positions = torch.cumsum(gaps, 0) - 1
-        if m and (int(gaps.min()) < 1 or int(positions[-1]) >= n):
-            raise CheckpointError("relative indices run past the end of the weight")
+    codes = _read(reader, m, b)
+    positions = _positions(reader, kind, n, m, param, p)
     if -(-reader.pos // 8) != data.numel():
         raise CheckpointError(f"{data.numel()} bytes stored for {reader.pos} bits")
     out = torch.zeros(n, dtype=dtype)
@@ -301,6 +350,8 @@ def _decode(data: Tensor, entry: dict[str, Any]) -> Tensor:
         out[positions] = float_from_codes(codes).to(dtype)
         return out.view(shape)
     levels = q.level_values()
+    if kind != "none":
+        levels = levels[levels != 0]
     if codes.numel() and int(codes.max()) >= levels.numel():
         raise CheckpointError(f"a level index exceeds the {levels.numel()} levels of {q!r}")
     if q.scale == "channel":

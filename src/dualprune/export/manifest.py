@@ -12,7 +12,7 @@ high bit set while more follow); a signed value v is zigzag coded first
                  leaves:byte  [E  (len bytes[len]) × E]
                  record × (leaves present)
     record    := flags:byte  [rank  dim × rank]  [zigzag value]  [layer]
-    layer     := [quantizer]  code:byte  [m]
+    layer     := [quantizer]  code:byte  [m  [p]]
     quantizer := q:byte  [bits]  [L  f64 × L | len bytes[len]]
 
 Tensor keys are grouped by module (``layer1.0.bn1`` + ``weight``, ``bias``, …). Bit
@@ -23,8 +23,10 @@ an explicit shape (otherwise the shape is (d,) with d the first dimension of the
 last record of rank ≥ 1: a bias or BatchNorm vector after its weight), bit 6 an
 integer scalar held here as ``value`` (``num_batches_tracked``; it has no bytes
 in the payload), bit 7 a quantized layer (the quantizer follows). ``code`` is the
-index code (0 none, 1 bitmask, 2 relative) plus 4·b_idx for relative indices;
-``m``, the number of stored values, is absent for ``none`` (m = n). ``q``: bits
+index code (0 none, 1 bitmask, 2 relative, 3 rice) plus 4 × its parameter (b_idx
+of relative indices, r of the Rice code, 0 otherwise); ``m``, the number of
+stored values, is absent for ``none`` (m = n); ``p``, present for relative and
+rice, is the number of escape fields p or of unary ones U. ``q``: bits
 0-1 the scale (tensor, channel, none), bits 2-4 the levels (0 by bits, 1 binary,
 2 ternary, 3 pow2, 4 a list of L float64 values, 5 another name), bit 5 ``bits``
 follows. Offsets and lengths are not stored: each record's bytes follow from it
@@ -61,7 +63,8 @@ DTYPES = (
 _INTEGER = frozenset({torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8})
 _EXTRA = 0x80
 _PACKED, _SHAPE, _VALUE, _QUANT = 0x10, 0x20, 0x40, 0x80
-_CODES = ("none", "bitmask", "relative")
+_CODES = ("none", "bitmask", "relative", "rice")  # storage.INDEX_KINDS
+_PARAMETER = frozenset({"relative", "rice"})  # codes with a parameter and p
 _SCALES = ("tensor", "channel", "none")
 _LEVEL_NAMES = {"binary": 1, "ternary": 2, "pow2": 3}
 _LIST, _NAMED, _BITS = 4, 5, 0x20
@@ -77,7 +80,8 @@ class Record:
         dtype: Its dtype (one of :data:`DTYPES`).
         layer: For a packed weight, the entry of
             :func:`~dualprune.export.layercode.encode_layer` (``shape``, ``dtype``,
-            ``q``, ``index``, ``b_idx``, ``m``); else ``None``.
+            ``q``, ``index``, ``b_idx``, ``m`` and, for relative and rice, ``p``);
+            else ``None``.
         value: For an integer scalar held in the manifest, its value; else ``None``.
     """
 
@@ -213,10 +217,15 @@ def _write_record(out: _Out, r: Record, dim: int | None) -> int | None:
     if r.layer is not None:
         if q is not None:
             _write_quantizer(out, r.key, q)
-        kind = _CODES.index(r.layer["index"])
-        out.buf.append(kind | (4 * int(r.layer["b_idx"]) if kind == 2 else 0))
-        if kind:
+        kind = r.layer["index"]
+        param = int(r.layer["b_idx"]) if kind in _PARAMETER else 0
+        if kind not in _CODES or not 0 <= param < 64:
+            raise ConfigError(f"'{r.key}': index code {kind!r} with parameter {param}")
+        out.buf.append(_CODES.index(kind) | param << 2)
+        if kind != "none":
             out.uint(int(r.layer["m"]))
+        if kind in _PARAMETER:
+            out.uint(int(r.layer["p"]))
     return r.shape[0] if r.shape else dim
 
 
@@ -297,12 +306,14 @@ def _read_record(src: _In, key: str, dim: int | None) -> Record:
     if flags & _QUANT:
         layer["q"] = _read_quantizer(src)
     code = src.byte()
-    if code & 3 >= len(_CODES):
-        raise ValueError(f"'{key}' has index code {code & 3}")
     kind = _CODES[code & 3]
+    if kind not in _PARAMETER and code >> 2:
+        raise ValueError(f"'{key}' has index code {code:#x}")
     n = torch.Size(shape).numel()
     layer.update(index=kind, b_idx={"none": 0, "bitmask": 1}.get(kind, code >> 2))
     layer["m"] = src.uint() if kind != "none" else n
+    if kind in _PARAMETER:
+        layer["p"] = src.uint()
     return Record(key, shape, dtype, layer=layer)
 
 

@@ -5,8 +5,8 @@ One ``.safetensors`` file (docs/export.md) with one uint8 tensor, ``payload``::
     payload    manifest   (:mod:`~dualprune.export.manifest`): names, shapes, dtypes,
                           quantizers, index codes, integer scalars
                streams    for each entry of the manifest, in its order: the bit stream
-                          of a prunable layer (Conv1d, Conv2d, Linear; scales, values
-                          at b_w bits, index: :mod:`~dualprune.export.layercode`) or
+                          of a prunable layer (Conv1d, Conv2d, Linear; scales, values,
+                          index: :mod:`~dualprune.export.layercode`) or
                           the little-endian bytes of any other tensor (biases,
                           BatchNorm γ/β and running statistics)
     metadata   {"format": FORMAT}
@@ -14,9 +14,12 @@ One ``.safetensors`` file (docs/export.md) with one uint8 tensor, ``payload``::
 Each layer's stream has exactly ``layer_storage(W, constraint).bytes`` bytes and
 every other float tensor its 4 bytes an entry, so the data of the file is
 :func:`~dualprune.storage.model_storage`'s ``bytes``; offsets are not stored, they
-follow from the manifest. The rest is fixed: the safetensors header (120 bytes
-with one tensor) and the manifest (LeNet-5: about 65 bytes, ResNet-20: 680), which
+follow from the manifest. The rest is fixed: the safetensors header (120-128 bytes
+with one tensor) and the manifest (LeNet-5: about 70 bytes, ResNet-20: 700), which
 also holds ``num_batches_tracked`` as varints. Nothing is unpickled on load.
+
+Files of an earlier format (``dualprune.packed/1``, ``/2``) are refused with a
+message naming their format: export the model again.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ from dualprune.storage import ModelStorage, Storage, model_storage
 __all__ = ["FORMAT", "PAYLOAD", "PackedInfo", "load_packed", "read_manifest", "save_packed"]
 
 #: ``format`` entry of a packed file's metadata.
-FORMAT = "dualprune.packed/2"
+FORMAT = "dualprune.packed/3"
 #: Name of the one tensor of a packed file.
 PAYLOAD = "payload"
 
@@ -149,9 +152,10 @@ def save_packed(
     """Write ``model`` in the packed format (module docstring), atomically.
 
     Every prunable layer is stored in the cheapest code of
-    :func:`~dualprune.storage.layer_storage` (none, bitmask or relative indices
-    with padding) with its values at b_w bits and its scales α, so that the file
-    holds ``model_storage(model, constraints).bytes`` of data (§4) plus 120 bytes
+    :func:`~dualprune.storage.layer_storage` (none, bitmask, relative indices
+    with escapes, or Golomb–Rice gaps) with its values (only the nonzeros' where
+    an index marks them) and its scales α, so that the file
+    holds ``model_storage(model, constraints).bytes`` of data (§4) plus about 120 bytes
     of safetensors header and the manifest (tens of bytes a layer at most).
 
     Args:
@@ -235,8 +239,14 @@ def _read(path: Path) -> tuple[list[tuple[Record, Tensor]], int]:
     except Exception as err:  # safetensors raises several types
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise CheckpointError(f"{origin} is truncated or corrupt ({first[:120]})") from None
-    if meta.get("format") != FORMAT or payload is None or payload.dtype != torch.uint8:
-        found = meta.get("format", "none")
+    found = meta.get("format", "none")
+    if found != FORMAT and found.startswith("dualprune.packed/"):
+        raise CheckpointError(
+            f"{origin} is in format '{found}', which this version no longer reads (it reads "
+            f"'{FORMAT}'); export the model again (save_packed or dualprune export RUN_DIR "
+            "--format packed)"
+        )
+    if found != FORMAT or payload is None or payload.dtype != torch.uint8:
         raise CheckpointError(
             f"{origin} is not a dualprune packed file of format '{FORMAT}' (format: '{found}')"
         )
@@ -262,8 +272,9 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
 
     A packed weight gives ``shape``, ``dtype``, ``q`` (its quantizer, as
     ``Quantization.to_dict()`` without ``type``; absent for fp32 values), ``index``
-    (none, bitmask, relative), ``b_idx``, ``m`` (stored values), ``offset`` and
-    ``bytes`` in the payload; another tensor ``shape``, ``dtype``, ``offset`` and
+    (none, bitmask, relative, rice), ``b_idx`` (its parameter: 0, 1, b_idx or r),
+    ``m`` (stored values), ``p`` (relative: escapes; rice: unary ones), ``offset``
+    and ``bytes`` in the payload; another tensor ``shape``, ``dtype``, ``offset`` and
     ``bytes``, or ``value`` for an integer scalar held in the manifest.
 
     Raises:

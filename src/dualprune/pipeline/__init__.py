@@ -8,7 +8,9 @@ from dualprune.pipeline.evaluation import evaluate_checkpoint
 from dualprune.pipeline.recipe import (
     DEFAULT_RECIPE,
     ADMMOptions,
+    CoupledOptions,
     MagnitudeOptions,
+    PlanSection,
     Recipe,
     SLROptions,
     builtin_recipes,
@@ -21,7 +23,9 @@ from dualprune.pipeline.stages import RunResult, run
 __all__ = [
     "DEFAULT_RECIPE",
     "ADMMOptions",
+    "CoupledOptions",
     "MagnitudeOptions",
+    "PlanSection",
     "Recipe",
     "RunResult",
     "SLROptions",

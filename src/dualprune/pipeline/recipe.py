@@ -9,6 +9,7 @@ A recipe names the model and data set and the settings of each stage::
     pretrain: {epochs: 4, lr: 0.01, ...}          # TrainConfig; omit to skip
     plan:                                          # dualprune.Plan.from_dict form
       layers: {"conv*": {type: sparsity, ratio: 0.8}}
+      coupled: {ratio: 0.5, multiple_of: 8, ignore: [fc]}   # optional: coupled channels
     solver: {name: slr, rho: 0.1, update_every: 1}  # admm | slr | magnitude
     compress: {epochs: 4, lr: 0.01, ...}          # training under the solver
     retrain: {epochs: 2, ...}                     # masked retraining (0: none)
@@ -26,10 +27,19 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import torch
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
+from torch import nn
 
-from dualprune.errors import ConfigError, ConstraintError, PlanError, UnknownNameError
+from dualprune.constraints.coupled import Coupled
+from dualprune.errors import (
+    ConfigError,
+    ConstraintError,
+    PlanError,
+    UnknownNameError,
+    did_you_mean,
+)
 from dualprune.pipeline.hwstage import HardwareOptions
 from dualprune.plan import Plan
 from dualprune.train.config import TrainConfig, parse
@@ -37,7 +47,9 @@ from dualprune.train.config import TrainConfig, parse
 __all__ = [
     "DEFAULT_RECIPE",
     "ADMMOptions",
+    "CoupledOptions",
     "MagnitudeOptions",
+    "PlanSection",
     "Recipe",
     "SLROptions",
     "builtin_recipes",
@@ -45,6 +57,7 @@ __all__ = [
 ]
 
 DEFAULT_RECIPE = "quickstart"
+PLAN_KEYS = ("layers", "exclude", "default", "coupled")  # the keys of a recipe's plan:
 ROOT_RECIPES = Path(__file__).resolve().parents[1] / "recipes"  # also <repo>/recipes
 
 RhoValue = float | dict[str, float]
@@ -99,6 +112,63 @@ class MagnitudeOptions(_Cadence):
 SolverOptions = Annotated[ADMMOptions | SLROptions | MagnitudeOptions, Field(discriminator="name")]
 
 
+class CoupledOptions(BaseModel):
+    """``plan.coupled``: coupled channels as one set (:class:`dualprune.Coupled`).
+
+    The groups are found on the model with an example input of the data set's
+    shape (:func:`dualprune.channel_groups`) before any training.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ratio: float = Field(ge=0, lt=1, description="fraction of CHANNELS removed in every group")
+    multiple_of: int = Field(1, ge=1, description="kept channels: a multiple of this, or all")
+    ignore: list[str] = Field(
+        default_factory=list, description="module globs whose output channels stay"
+    )
+    chains: bool = Field(
+        True, description="include one-producer/one-reader chains (false: leave them to layers)"
+    )
+    roles: list[Literal["weight", "bias", "norm"]] = Field(
+        default_factory=lambda: ["weight"], description="tensors whose norms choose the channels"
+    )
+
+    def build(self, model: nn.Module, example_input: torch.Tensor) -> Coupled:
+        """The :class:`~dualprune.Coupled` set of ``model`` (its groups found now)."""
+        return Coupled.from_model(
+            model,
+            example_input,
+            self.ratio,
+            ignore=self.ignore,
+            chains=self.chains,
+            multiple_of=self.multiple_of,
+            roles=self.roles,
+        )
+
+
+class PlanSection(BaseModel):
+    """The ``plan:`` section: the :meth:`Plan.from_dict` keys plus optional ``coupled``.
+
+    ``layers``, ``exclude`` and ``default`` are passed to :meth:`Plan.from_dict`
+    (which checks them); ``coupled`` is validated here.
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    coupled: CoupledOptions | None = None
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """The plan keys in their order, then ``coupled`` (left out when absent)."""
+        data = handler(self)
+        coupled = data.pop("coupled", None)
+        return data if coupled is None else {**data, "coupled": coupled}
+
+    def plan_dict(self) -> dict[str, Any]:
+        """The keys :meth:`Plan.from_dict` reads (everything but ``coupled``)."""
+        return dict(self.model_extra or {})
+
+
 class Recipe(BaseModel):
     """A whole run: model, data, and the settings of each stage (module docstring)."""
 
@@ -111,7 +181,7 @@ class Recipe(BaseModel):
     out: str = "runs/run"
     pretrained: str | None = Field(None, description="checkpoint to start from")
     pretrain: TrainConfig | None = None
-    plan: dict[str, Any] | None = None
+    plan: PlanSection | None = None
     solver: SolverOptions | None = None
     compress: TrainConfig | None = None
     retrain: TrainConfig | None = None
@@ -119,7 +189,24 @@ class Recipe(BaseModel):
 
     def build_plan(self) -> Plan | None:
         """The recipe's :class:`Plan` (None without one)."""
-        return None if self.plan is None else Plan.from_dict(self.plan)
+        return None if self.plan is None else Plan.from_dict(self.plan.plan_dict())
+
+    def build_coupled(self, model: nn.Module, example_input: torch.Tensor) -> Coupled | None:
+        """The recipe's coupled set for ``model`` (None without ``plan.coupled``).
+
+        The random number generator is left as it was (tracing runs the model once).
+
+        Raises:
+            ConfigError: an ``ignore`` glob matches no module, a group reaches a layer
+                the masks cannot cut, or no group is left (one line, ``plan.coupled: ...``).
+        """
+        if self.plan is None or self.plan.coupled is None:
+            return None
+        try:
+            with torch.random.fork_rng(devices=[]):
+                return self.plan.coupled.build(model, example_input)
+        except (ConstraintError, UnknownNameError) as err:
+            raise ConfigError(f"plan.coupled: {err}") from None
 
 
 def builtin_recipes() -> list[str]:
@@ -186,6 +273,12 @@ def validate(raw: dict[str, Any], where: str = "recipe") -> Recipe:
     """
     if isinstance(raw.get("solver"), dict) and "name" not in raw["solver"]:
         raise ConfigError(f"{where}: solver.name is missing; use one of admm, slr, magnitude")
+    if isinstance(raw.get("plan"), dict):
+        for key in raw["plan"]:
+            if key not in PLAN_KEYS:
+                raise ConfigError(
+                    f"{where}: plan.{key}: unknown key{did_you_mean(str(key), PLAN_KEYS)}"
+                )
     recipe: Recipe = parse(Recipe, raw, where)
     if (recipe.plan is None) != (recipe.solver is None):
         have, need = ("plan", "solver") if recipe.solver is None else ("solver", "plan")

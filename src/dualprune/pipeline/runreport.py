@@ -23,6 +23,15 @@ from dualprune.report import build_report, terminal_table, write_report
 
 __all__ = ["STAGES", "load_run_model", "read_stages", "report_run"]
 
+
+def _mark_coupled(report: dict[str, Any], tied: set[str]) -> None:
+    """Add ``coupled`` to the structure of every layer whose weight coupled channels cut."""
+    for entry in report["layers"]:
+        if f"{entry['name']}.weight" in tied:
+            s = entry.get("structure") or "dense"
+            entry["structure"] = "coupled" if s == "dense" else f"{s}+coupled"
+
+
 # (stage, file with its test accuracy and loss), in run order
 STAGES = (
     ("pretrained", "pretrained.json"),
@@ -113,7 +122,15 @@ def report_run(out: str | os.PathLike[str]) -> tuple[Path, str]:
     if recipe.pretrained:
         summary["pretrained"] = recipe.pretrained
     example = torch.zeros(1, *info["input_shape"])
+    coupled = recipe.build_coupled(model, example.expand(2, *example.shape[1:]))
+    if coupled is not None:
+        summary["coupled"] = (
+            f"{len(coupled.groups)} groups of coupled channels, ratio {coupled.ratio} of "
+            f"channels (not weights), multiple_of {coupled.multiple_of}"
+        )
     report = build_report(model, example, constraints, stages=stages, summary=summary)
+    if coupled is not None:
+        _mark_coupled(report, set(coupled.params))
     report["recipe"] = recipe.model_dump(mode="json")
     hw_file = out / "hardware.json"
     hw = json.loads(hw_file.read_text()) if hw_file.is_file() else None

@@ -31,11 +31,13 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from dualprune import data, models, solvers
+from dualprune.constraints.coupled import Coupled
 from dualprune.errors import CheckpointError, ConfigError
 from dualprune.masks import Masks
 from dualprune.pipeline.hwstage import hardware_summary
 from dualprune.pipeline.recipe import MagnitudeOptions, Recipe, recipe_yaml
 from dualprune.pipeline.runreport import report_run
+from dualprune.plan import prunable_layers
 from dualprune.train import checkpoint as ckpt_io
 from dualprune.train.config import TrainConfig
 from dualprune.train.loop import evaluate, fit
@@ -95,6 +97,7 @@ def run(recipe: Recipe, *, resume: bool = False, progress: bool | None = None) -
     test_loader = _test_loader(ds, recipe.pretrain or recipe.compress or TrainConfig())
     x = next(iter(test_loader))[0]
     check_fits(model, recipe.model, x, ds)
+    coupled = recipe.build_coupled(model, x[:2])  # the groups, found before any training
     (out / "recipe.yaml").write_text(recipe_yaml(recipe))
     info = {
         "model": recipe.model,
@@ -122,7 +125,7 @@ def run(recipe: Recipe, *, resume: bool = False, progress: bool | None = None) -
     masks = None
     dense = copy.deepcopy(model) if recipe.hardware is not None else None
     if recipe.solver is not None and recipe.compress is not None:
-        solver = _make_solver(recipe, model, ds)
+        solver = _make_solver(recipe, model, ds, coupled)
         stage("compress", recipe.compress, solver)
         masks, stages["hard_prune"] = _hard_prune(out, model, solver, test_loader, resume)
         if recipe.retrain is not None and recipe.retrain.epochs > 0:
@@ -180,8 +183,8 @@ def _train_stage(
         mean=ds.mean,
         std=ds.std,
         shuffle=True,
-        augment=ds.augment,
         seed=cfg.seed,
+        **augmentation(cfg, ds),
     )
     test_loader = _test_loader(ds, cfg)
     print(f"== {where.name}: {cfg.epochs} epoch(s)" + (f", {solver!r}" if solver else ""))
@@ -202,7 +205,9 @@ def _train_stage(
     return result
 
 
-def _make_solver(recipe: Recipe, model: nn.Module, ds: data.Dataset) -> solvers.Solver:
+def _make_solver(
+    recipe: Recipe, model: nn.Module, ds: data.Dataset, coupled: Coupled | None
+) -> solvers.Solver:
     assert recipe.solver is not None and recipe.compress is not None
     options = recipe.solver.options()
     if isinstance(recipe.solver, MagnitudeOptions) and options["steps"] is None:
@@ -215,7 +220,7 @@ def _make_solver(recipe: Recipe, model: nn.Module, ds: data.Dataset) -> solvers.
         )
     plan = recipe.build_plan()
     assert plan is not None
-    return solvers.create(recipe.solver.name, model, plan, **options)
+    return solvers.create(recipe.solver.name, model, plan, coupled=coupled, **options)
 
 
 def _hard_prune(
@@ -229,10 +234,13 @@ def _hard_prune(
         return Masks.load(masks_path), dict(json.loads(result_path.read_text()))
     masks = solver.hard_prune()
     result = _eval(model, test_loader)
+    weights = [f"{n}.weight" for n in prunable_layers(model)]
+    kept = [masks[n] for n in weights if n in masks]  # conv/linear weights, not BatchNorm
+    pruned = sum(int((~m).sum()) for m in kept) / max(sum(m.numel() for m in kept), 1)
     print(
         f"== hard prune: test acc {100 * result['test_acc']:.2f}% "
         f"(loss {result['test_loss']:.4f}), retrain-free; "
-        f"sparsity {100 * masks.sparsity()['total']:.2f}% of constrained weights"
+        f"sparsity {100 * pruned:.2f}% of constrained weights"
     )
     save_file(_plain_state(model), str(weights_path))
     masks.save(masks_path)
@@ -258,6 +266,14 @@ def subset(x: torch.Tensor, y: torch.Tensor, n: int | None) -> tuple[torch.Tenso
         return x, y
     pick = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))[:n]
     return x[pick], y[pick]
+
+
+def augmentation(cfg: TrainConfig, ds: data.Dataset) -> dict[str, Any]:
+    """Loader arguments (augment, pad, flip) for ``cfg.augment`` on data set ``ds``."""
+    mode = cfg.augment
+    if mode == "auto":
+        mode = "shift_flip" if ds.augment else "none"
+    return {"augment": mode != "none", "pad": cfg.pad, "flip": mode == "shift_flip"}
 
 
 def _test_loader(ds: data.Dataset, cfg: TrainConfig) -> data.Loader:

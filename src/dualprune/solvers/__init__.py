@@ -39,9 +39,11 @@ SOLVERS: dict[str, type[Solver]] = {"admm": ADMM, "slr": SLR, "magnitude": Magni
 
 
 def create(
-    name: str, model: nn.Module, plan: Plan | Mapping[str, Constraint], **options: Any
+    name: str, model: nn.Module, plan: Plan | Mapping[str, Constraint] | None, **options: Any
 ) -> Solver:
     """Build a solver by name (``"admm"``, ``"slr"``, ``"magnitude"``).
+
+    ``options`` are the solver's keyword arguments, ``coupled=`` included.
 
     Raises:
         UnknownNameError: an unknown solver name.

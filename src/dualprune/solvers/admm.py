@@ -7,6 +7,12 @@ Scaled form, per layer i:
     U-step   U_i ← U_i + W_i − Z_i
     ρ        ρ_i ← schedule(k); U_i ← U_i · ρ_old/ρ_new
 
+With ``coupled=`` the tensors tied by coupled channels join in: each has its
+own Z and U, the W-step penalty covers them, and the Z-step projects all
+tensors at once, Z ← Π(W + U) with Π the combined projection of
+:mod:`dualprune.solvers.coupled` (Π_{S_i} per layer, Π_{S_G} jointly over the
+tied tensors, their masks ANDed where a tensor has both).
+
 Z⁰ = Π_S(W⁰), U⁰ = 0. U is a plain tensor, never a view of W nor part of any
 autograd graph (the released PyTorch code builds it from the live parameter,
 which leaks gradients through U). When ρ changes, the scaled dual is rescaled
@@ -23,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from dualprune.constraints import Constraint
+from dualprune.constraints.coupled import Coupled
 from dualprune.plan import Plan
 from dualprune.solvers.base import _rel
 from dualprune.solvers.penalty import PenaltySolver
@@ -35,9 +42,12 @@ class ADMM(PenaltySolver):
 
     Args:
         model: The network.
-        plan: A :class:`~dualprune.Plan` or ``{layer name: Constraint}``.
+        plan: A :class:`~dualprune.Plan` or ``{layer name: Constraint}`` (None or
+            empty with ``coupled``).
+        coupled: A :class:`~dualprune.Coupled` set of coupled channels, or None.
         rho: ρ, one float or ``{layer pattern: float}`` (ECCV'18 LeNet-5: 1e-4;
-            NEU PyTorch: 1e-3 growing ×1.3 per update; ADMM-NN: ~7e-3 per layer).
+            NEU PyTorch: 1e-3 growing ×1.3 per update; ADMM-NN: ~7e-3 per layer;
+            the coupled set is named ``"coupled"``).
         rho_growth: γ, ρ ← γ·ρ per update (1 = fixed ρ).
         rho_warmup, rho_warmup_from, rho_max: see :class:`RhoSchedule`.
         update_every: Z/U step every this many epochs.
@@ -55,8 +65,9 @@ class ADMM(PenaltySolver):
     def __init__(
         self,
         model: nn.Module,
-        plan: Plan | Mapping[str, Constraint],
+        plan: Plan | Mapping[str, Constraint] | None = None,
         *,
+        coupled: Coupled | None = None,
         rho: float | Mapping[str, float] = 1e-3,
         rho_growth: float = 1.0,
         rho_warmup: int = 0,
@@ -68,6 +79,7 @@ class ADMM(PenaltySolver):
         super().__init__(
             model,
             plan,
+            coupled=coupled,
             rho=rho,
             rho_growth=rho_growth,
             rho_warmup=rho_warmup,
@@ -80,11 +92,11 @@ class ADMM(PenaltySolver):
         self._refresh_anchor(self.rho)
 
     def _refresh_anchor(self, rho: Mapping[str, float]) -> None:
-        for n in self.constraints:
+        for n in self.Z:
             torch.sub(self.Z[n], self.U[n], out=self.anchor[n])
 
     def penalty(self) -> Tensor:
-        """Σ_i ρ_i/2 ||W_i − Z_i + U_i||²_F (differentiable in W only)."""
+        """Σ_t ρ_t/2 ||W_t − Z_t + U_t||²_F over every key (differentiable in W only)."""
         rho = self.rho
         total = torch.zeros(())
         for n, w in self.weights.items():
@@ -93,11 +105,11 @@ class ADMM(PenaltySolver):
 
     def _update(self, train_loss: float | None) -> dict[str, Any]:
         rho_old = self.rho
+        W = {n: w.detach() for n, w in self.weights.items()}
+        Z_new = self.joint.project({n: W[n] + self.U[n] for n in W}, rho_old)
         layers = {}
-        for n, c in self.constraints.items():
-            w = self.weights[n].detach()
-            z_old = self.Z[n]
-            z = c.project(w + self.U[n])
+        for n, w in W.items():
+            z_old, z = self.Z[n], Z_new[n]
             self.U[n].add_(w - z)
             layers[n] = {
                 "residual": _rel(w - z, w),
@@ -106,11 +118,14 @@ class ADMM(PenaltySolver):
             }
             self.Z[n] = z
         rho_new = self.rho_at(self.updates + 1)
-        for n in self.constraints:
+        for n in W:
             if rho_new[n] != rho_old[n]:
                 self.U[n].mul_(rho_old[n] / rho_new[n])
         self._refresh_anchor(rho_new)
-        return {"rho": _mean(rho_new), "layers": layers}
+        record: dict[str, Any] = {"rho": _mean(rho_new), "layers": layers}
+        if self.coupled is not None:
+            record["coupled"] = {"residual": self.joint.residual(W, self.Z)}
+        return record
 
     def _tensors(self) -> dict[str, dict[str, Tensor]]:
         return {**super()._tensors(), "U": self.U}

@@ -15,6 +15,10 @@ Each Z/dual step appends a plain dict to :attr:`Solver.history` (per-layer
 
 ``state_dict()`` holds every tensor and counter, so a run stopped after any
 epoch resumes with the same masks.
+
+``coupled=`` adds one :class:`~dualprune.constraints.Coupled` set S_G over the
+tensors that coupled channels tie across layers; the solver then moves those
+tensors too (keys and the combined projection: :mod:`dualprune.solvers.coupled`).
 """
 
 from __future__ import annotations
@@ -28,17 +32,25 @@ import torch
 from torch import Tensor, nn
 
 from dualprune.constraints import Constraint
-from dualprune.errors import CheckpointError, ConfigError, PlanError
+from dualprune.constraints.coupled import Coupled
+from dualprune.errors import CheckpointError, ConfigError, ConstraintError, PlanError
 from dualprune.masks import Masks
 from dualprune.plan import Plan, prunable_layers
+from dualprune.solvers.coupled import JointSet
 
 __all__ = ["Solver", "resolve_constraints"]
 
 
 def resolve_constraints(
-    model: nn.Module, plan: Plan | Mapping[str, Constraint]
+    model: nn.Module, plan: Plan | Mapping[str, Constraint], *, allow_empty: bool = False
 ) -> dict[str, Constraint]:
     """``{layer name: constraint}`` from a Plan, or a checked mapping of layer names.
+
+    Args:
+        model: The network.
+        plan: A Plan or ``{layer name: Constraint}``.
+        allow_empty: Accept a plan that constrains no layer (a solver with
+            ``coupled=`` only).
 
     Raises:
         PlanError: the plan constrains no layer, or a name is not a prunable layer.
@@ -60,9 +72,26 @@ def resolve_constraints(
             constraints[name] = c
     else:
         raise PlanError(f"plan must be a Plan or a dict of layer -> Constraint, got {plan!r}")
-    if not constraints:
+    if not constraints and not allow_empty:
         raise PlanError("the plan constrains no layer; give it at least one pattern or a default")
     return constraints
+
+
+def check_coupled(model: nn.Module, coupled: object) -> Coupled | None:
+    """``coupled`` checked against the model's parameters (None passes through).
+
+    Raises:
+        ConstraintError: not a Coupled, or a tied slice the model does not have.
+    """
+    if coupled is None:
+        return None
+    if not isinstance(coupled, Coupled):
+        raise ConstraintError(
+            f"coupled={coupled!r} is not a Coupled set; build one with "
+            "dp.Coupled(channel_groups(model, x), ratio) or Coupled.from_model(...)"
+        )
+    coupled.check(dict(model.named_parameters()))
+    return coupled
 
 
 def _positive_int(value: object, key: str) -> int:
@@ -75,14 +104,18 @@ class Solver(abc.ABC):
     """Base class: layers, cadence, bookkeeping, hard prune and state.
 
     Args:
-        model: The network; only its constrained weights are touched.
-        plan: A :class:`~dualprune.Plan` or ``{layer name: Constraint}``.
+        model: The network; only its constrained weights (and tied tensors) are touched.
+        plan: A :class:`~dualprune.Plan` or ``{layer name: Constraint}``; None or
+            empty when ``coupled`` is given.
+        coupled: A :class:`~dualprune.constraints.Coupled` set over tensors tied by
+            coupled channels (residual adds, concatenations, depthwise convs).
         update_every: Z/dual step every this many epochs (calls of :meth:`update`).
         update_every_batches: If given, a Z/dual step every this many batches
             (calls of :meth:`step`) instead, and :meth:`update` only counts epochs.
 
     Raises:
-        PlanError, ConstraintError: the plan does not fit the model.
+        PlanError, ConstraintError: the plan or the coupled set does not fit the model,
+            or neither is given.
         ConfigError: a bad cadence.
     """
 
@@ -91,15 +124,27 @@ class Solver(abc.ABC):
     def __init__(
         self,
         model: nn.Module,
-        plan: Plan | Mapping[str, Constraint],
+        plan: Plan | Mapping[str, Constraint] | None = None,
         *,
+        coupled: Coupled | None = None,
         update_every: int = 1,
         update_every_batches: int | None = None,
     ) -> None:
         self.model = model
-        self.constraints = resolve_constraints(model, plan)
+        if plan is None and coupled is None:
+            raise PlanError("a solver needs a plan, coupled=..., or both; got neither")
+        self.coupled = check_coupled(model, coupled)
+        self.constraints = resolve_constraints(
+            model, {} if plan is None else plan, allow_empty=self.coupled is not None
+        )
         modules = dict(model.named_modules())
         self.modules: dict[str, nn.Module] = {n: modules[n] for n in self.constraints}
+        self.joint = JointSet(self.constraints, self.coupled)
+        # (owner module, attribute) of every key's tensor: no tensor is held here
+        self._owners: dict[str, tuple[nn.Module, str]] = {}
+        for k, p in self.joint.param_of.items():
+            owner, _, attr = p.rpartition(".")
+            self._owners[k] = (model.get_submodule(owner), attr)
         self.update_every = _positive_int(update_every, "update_every")
         self.update_every_batches = (
             None
@@ -131,8 +176,12 @@ class Solver(abc.ABC):
 
     @property
     def weights(self) -> dict[str, nn.Parameter]:
-        """The constrained weights W_i by layer name."""
-        return {n: m.weight for n, m in self.modules.items()}  # type: ignore[misc]
+        """Every tensor W_t the solver moves, by key (:mod:`dualprune.solvers.coupled`).
+
+        Constrained layers' weights by layer name, then the tensors only a coupled
+        set ties, by parameter name.
+        """
+        return {k: getattr(m, attr) for k, (m, attr) in self._owners.items()}
 
     def step(self, loss: Tensor | float | None = None) -> dict[str, Any] | None:
         """Call after every optimizer step; returns the update record if one ran now."""
@@ -189,30 +238,33 @@ class Solver(abc.ABC):
 
     @torch.no_grad()
     def hard_prune(self) -> Masks:
-        """W_i ← Π_{S_i}(W_i) in place for every constrained layer; return the fixed masks.
+        """W ← Z in place, Z the combined projection of W; return the fixed masks.
 
-        The masks (support and, for quantized layers, levels and scales) are taken
-        from the weights before the projection, with the same rule the projection
-        uses, so ``masks.apply(model)`` leaves the pruned model unchanged.
+        Without ``coupled`` that is W_i ← Π_{S_i}(W_i) per constrained layer. With
+        it, the masks are the per-layer masks ANDed with the coupled ones (biases
+        and BatchNorm γ, β of the removed channels included), so ``masks.attach``
+        keeps the removed channels at zero and :func:`dualprune.compact` removes
+        them. The masks (support and, for quantized layers, levels and scales) are
+        taken from the weights before the projection, with the same rule the
+        projection uses, so ``masks.apply(model)`` leaves the pruned model unchanged.
         """
-        constraints = self._final_constraints()
-        masks = Masks.from_constraints(self.model, constraints)
-        for name, c in constraints.items():
-            w = self.modules[name].weight
-            w.copy_(c.project(w.detach()))  # type: ignore[operator]
+        joint = self._final_joint()
+        W = {k: p.detach() for k, p in self.weights.items()}
+        masks = joint.hard_masks(self.model, W)
+        weights = self.weights
+        for k, z in joint.project(W).items():
+            weights[k].copy_(z)
         return masks
 
-    def _final_constraints(self) -> dict[str, Constraint]:
-        return self.constraints
+    def _final_joint(self) -> JointSet:
+        return self.joint
 
     @torch.no_grad()
     def residuals(self) -> dict[str, float]:
-        """||W_i − Π_{S_i}(W_i)||_F / ||W_i||_F per layer: how far W is from its set now."""
-        out = {}
-        for name, c in self._final_constraints().items():
-            w = self.modules[name].weight.detach()
-            out[name] = _rel(w - c.project(w), w)
-        return out
+        """||W_t − Z_t||_F / ||W_t||_F per key, Z = the combined projection of W now."""
+        W = {k: p.detach() for k, p in self.weights.items()}
+        Z = self._final_joint().project(W)
+        return {k: _rel(W[k] - Z[k], W[k]) for k in W}
 
     # ---- state --------------------------------------------------------------------------
 
@@ -232,6 +284,7 @@ class Solver(abc.ABC):
             "solver": self.name,
             "layers": list(self.constraints),
             "constraints": {n: c.to_dict() for n, c in self.constraints.items()},
+            "coupled": None if self.coupled is None else self.coupled.to_dict(),
             "counters": {
                 "epochs": self.epochs,
                 "batches": self.batches,
@@ -270,11 +323,21 @@ class Solver(abc.ABC):
                     f"solver state constrains layer '{n}' with {spec}, this plan with "
                     f"{self.constraints[n].to_dict()}; resume with the same plan"
                 )
+        spec = None if self.coupled is None else self.coupled.to_dict()
+        if state.get("coupled") != spec:
+            theirs = "no coupled set" if state.get("coupled") is None else "another coupled set"
+            ours = "none" if spec is None else repr(self.coupled)
+            raise CheckpointError(
+                f"solver state has {theirs}, this solver has {ours}; resume with the same "
+                "coupled groups, ratio, multiple_of and roles"
+            )
         mine = self._tensors()
         for kind, per_layer in state["tensors"].items():
             if kind not in mine:
                 raise CheckpointError(f"solver state has unknown tensors '{kind}'")
             for n, t in per_layer.items():
+                if n not in mine[kind]:
+                    raise CheckpointError(f"solver state '{kind}' has unknown key '{n}'")
                 if t.shape != mine[kind][n].shape:
                     raise CheckpointError(
                         f"solver state '{kind}' of layer '{n}' has shape {tuple(t.shape)}, "
@@ -288,7 +351,10 @@ class Solver(abc.ABC):
         self._load_extra_state(state.get("extra", {}))
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({len(self.constraints)} layers, {self.updates} updates)"
+        tied = f", {len(self.coupled.groups)} coupled groups" if self.coupled is not None else ""
+        return (
+            f"{type(self).__name__}({len(self.constraints)} layers{tied}, {self.updates} updates)"
+        )
 
 
 def _rel(diff: Tensor, ref: Tensor) -> float:

@@ -14,6 +14,12 @@ Schedules of the ratio r_t, t = 1 … ``steps`` updates after ``start``:
   (Zhu & Gupta 2017): fast at first, gently at the end.
 
 Quantization parts of a constraint are applied at :meth:`hard_prune` only.
+
+With ``coupled=`` the same schedule drives the coupled set's channel ratio:
+at update t every group removes r_t = r_g · (scheduled fraction) of its
+channels, chosen by magnitude on the current weights, in every tied tensor
+(BatchNorm γ and β of removed channels included); a tensor with a layer
+constraint too keeps the AND of both masks (:mod:`dualprune.solvers.coupled`).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import torch
 from torch import nn
 
 from dualprune.constraints import Constraint, Intersection
+from dualprune.constraints.coupled import Coupled
 from dualprune.errors import ConfigError, ConstraintError
 from dualprune.plan import Plan
 from dualprune.solvers.base import Solver
@@ -56,7 +63,10 @@ class Magnitude(Solver):
 
     Args:
         model: The network.
-        plan: A :class:`~dualprune.Plan` or ``{layer name: Constraint}``.
+        plan: A :class:`~dualprune.Plan` or ``{layer name: Constraint}`` (None or
+            empty with ``coupled``).
+        coupled: A :class:`~dualprune.Coupled` set of coupled channels, or None;
+            its channel ratio follows the same schedule.
         schedule: ``"oneshot"``, ``"iterative"`` or ``"agp"``.
         steps: number of pruning updates over which the ratio reaches its target.
         start: updates to wait before the first pruning update.
@@ -71,8 +81,9 @@ class Magnitude(Solver):
     def __init__(
         self,
         model: nn.Module,
-        plan: Plan | Mapping[str, Constraint],
+        plan: Plan | Mapping[str, Constraint] | None = None,
         *,
+        coupled: Coupled | None = None,
         schedule: str = "agp",
         steps: int = 10,
         start: int = 0,
@@ -88,7 +99,11 @@ class Magnitude(Solver):
         if isinstance(start, bool) or not isinstance(start, int) or start < 0:
             raise ConfigError(f"start={start!r} is not allowed; use an int >= 0")
         super().__init__(
-            model, plan, update_every=update_every, update_every_batches=update_every_batches
+            model,
+            plan,
+            coupled=coupled,
+            update_every=update_every,
+            update_every_batches=update_every_batches,
         )
         self.schedule, self.steps, self.start = schedule, steps, start
         self.targets = {n: _sparse_ratio(c) for n, c in self.constraints.items()}
@@ -113,12 +128,21 @@ class Magnitude(Solver):
 
     def _update(self, train_loss: float | None) -> dict[str, Any]:
         fraction = self.ratio(self.updates + 1)
-        layers = {}
-        for n in self.constraints:
+        weights = self.weights
+        W = {n: w.detach() for n, w in weights.items()}
+        new: dict[str, torch.Tensor] = {}
+        for n in self.constraints:  # per-layer masks and the coupled ones, all on W now
             c = self._scheduled(n, fraction)
-            w = self.weights[n]
             if c is not None:
-                self.keep[n] = c.mask(w.detach())
+                new[n] = c.mask(W[n])
+        if self.coupled is not None and fraction > 0:
+            coupled = self.coupled.with_ratio([r * fraction for r in self.coupled.ratios])
+            for n, m in self.joint.tied_masks(W, coupled=coupled).items():
+                new[n] = new[n] & m if n in new else m
+        layers = {}
+        for n, w in weights.items():
+            if n in new:
+                self.keep[n] = new[n]
                 w.mul_(self.keep[n])
             kept = int(self.keep[n].sum())
             layers[n] = {"sparsity": 1.0 - kept / self.keep[n].numel()}

@@ -13,7 +13,9 @@ A are plain tensors that never require grad.
 ρ follows a schedule counted in updates k (:class:`RhoSchedule`): constant,
 geometric growth ρ·γ^k, or a warm-up from a small ρ, each optionally capped.
 Per-layer ρ is a mapping of layer-name patterns (globs, or ``re:`` regexes;
-first match wins) to values.
+first match wins) to values. A coupled set counts as one more layer named
+``"coupled"``: its tied tensors without a layer constraint take that ρ (a tensor
+with both keeps its layer's ρ).
 """
 
 from __future__ import annotations
@@ -29,11 +31,15 @@ import torch
 from torch import Tensor, nn
 
 from dualprune.constraints import Constraint
+from dualprune.constraints.coupled import Coupled
 from dualprune.errors import ConfigError
 from dualprune.plan import Plan
 from dualprune.solvers.base import Solver
 
-__all__ = ["PenaltySolver", "RhoSchedule", "layer_values"]
+__all__ = ["COUPLED", "PenaltySolver", "RhoSchedule", "layer_values"]
+
+#: The name a coupled set goes by in a per-layer ``rho`` mapping.
+COUPLED = "coupled"
 
 
 @dataclass(frozen=True)
@@ -138,16 +144,18 @@ class PenaltySolver(Solver):
     """Shared machinery of ADMM and SLR (see the module docstring).
 
     Args:
-        model, plan, update_every, update_every_batches: as in :class:`Solver`.
-        rho: ρ, one float or ``{layer pattern: float}``.
+        model, plan, coupled, update_every, update_every_batches: as in :class:`Solver`.
+        rho: ρ, one float or ``{layer pattern: float}`` (the coupled set's name is
+            ``"coupled"``).
         rho_growth, rho_warmup, rho_warmup_from, rho_max: the :class:`RhoSchedule`.
     """
 
     def __init__(
         self,
         model: nn.Module,
-        plan: Plan | Mapping[str, Constraint],
+        plan: Plan | Mapping[str, Constraint] | None = None,
         *,
+        coupled: Coupled | None = None,
         rho: float | Mapping[str, float],
         rho_growth: float = 1.0,
         rho_warmup: int = 0,
@@ -157,29 +165,36 @@ class PenaltySolver(Solver):
         update_every_batches: int | None = None,
     ) -> None:
         super().__init__(
-            model, plan, update_every=update_every, update_every_batches=update_every_batches
+            model,
+            plan,
+            coupled=coupled,
+            update_every=update_every,
+            update_every_batches=update_every_batches,
         )
         self.schedule = RhoSchedule(rho_growth, rho_warmup, rho_warmup_from, rho_max)
-        self.rho_base = layer_values(rho, list(self.constraints), "rho")
+        names = list(self.constraints) + ([COUPLED] if self.coupled is not None else [])
+        self.rho_base = layer_values(rho, names, "rho")
+        # the ρ entry of every key: its layer's, or the coupled set's for tied-only tensors
+        self._rho_name = {k: k if k in self.constraints else COUPLED for k in self.joint.keys}
         with torch.no_grad():
             # Z⁰ = Π_S(W⁰): copies, never views of W
-            self.Z = {
-                n: c.project(self.weights[n].detach()).clone() for n, c in self.constraints.items()
-            }
+            W = {k: w.detach() for k, w in self.weights.items()}
+            self.Z = {k: z.clone() for k, z in self.joint.project(W, self.rho).items()}
         self.anchor = {n: z.clone() for n, z in self.Z.items()}
 
     @property
     def rho(self) -> dict[str, float]:
-        """The current ρ_i of every layer."""
+        """The current ρ_t of every key (layers, then tied-only tensors)."""
         return self.rho_at(self.updates)
 
     def rho_at(self, k: int) -> dict[str, float]:
-        """ρ_i of every layer after k updates."""
-        return {n: self.schedule.value(b, k) for n, b in self.rho_base.items()}
+        """ρ_t of every key after k updates."""
+        base = {n: self.schedule.value(b, k) for n, b in self.rho_base.items()}
+        return {key: base[name] for key, name in self._rho_name.items()}
 
     def regularize(self) -> None:
-        """``W.grad += ρ_i (W_i − A_i)`` for every layer: the penalty's exact gradient."""
-        names = list(self.constraints)
+        """``W.grad += ρ_t (W_t − A_t)`` for every key: the penalty's exact gradient."""
+        names = self.joint.keys
         ws = [self.weights[n] for n in names]
         for w in ws:
             if w.grad is None:

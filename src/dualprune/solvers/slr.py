@@ -25,6 +25,11 @@ The penalty terms are evaluated exactly, with a stored *copy* of W^k (not a
 reference: the released code stores a reference, so its condition 1
 degenerates into "the loss went down"). Z⁰ = Π_S(W⁰), Λ⁰ = 0, and nothing but
 W ever requires grad.
+
+With ``coupled=`` the coupled set is one more constraint: its tied tensors get
+Z, Λ and a stored W^k, their terms enter L (so both surrogate conditions), g
+and the multiplier steps, and the Z-step projects everything at once with the
+combined projection of :mod:`dualprune.solvers.coupled`.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from dualprune.constraints import Constraint
+from dualprune.constraints.coupled import Coupled
 from dualprune.errors import ConfigError
 from dualprune.plan import Plan
 from dualprune.solvers.base import _rel
@@ -56,9 +62,12 @@ class SLR(PenaltySolver):
 
     Args:
         model: The network.
-        plan: A :class:`~dualprune.Plan` or ``{layer name: Constraint}``.
+        plan: A :class:`~dualprune.Plan` or ``{layer name: Constraint}`` (None or
+            empty with ``coupled``).
+        coupled: A :class:`~dualprune.Coupled` set of coupled channels, or None.
         rho: ρ of the quadratic penalty, one float or ``{layer pattern: float}``
-            (released default 0.1, from ResNet-18/CIFAR-10; quantization 1e-3).
+            (released default 0.1, from ResNet-18/CIFAR-10; quantization 1e-3;
+            the coupled set is named ``"coupled"``).
         M: M > 1 of the α^k rule (released default 300).
         r: 0 < r < 1 of the α^k rule (released default 0.1).
         s0: initial step size s⁰ > 0 (released default 0.01).
@@ -77,8 +86,9 @@ class SLR(PenaltySolver):
     def __init__(
         self,
         model: nn.Module,
-        plan: Plan | Mapping[str, Constraint],
+        plan: Plan | Mapping[str, Constraint] | None = None,
         *,
+        coupled: Coupled | None = None,
         rho: float | Mapping[str, float] = 0.1,
         M: float = 300.0,
         r: float = 0.1,
@@ -99,6 +109,7 @@ class SLR(PenaltySolver):
         super().__init__(
             model,
             plan,
+            coupled=coupled,
             rho=rho,
             rho_growth=rho_growth,
             rho_warmup=rho_warmup,
@@ -119,7 +130,7 @@ class SLR(PenaltySolver):
     # ---- the math -----------------------------------------------------------------------
 
     def _refresh_anchor(self, rho: Mapping[str, float]) -> None:
-        for n in self.constraints:
+        for n in self.Z:
             torch.sub(self.Z[n], self.Lam[n], alpha=1.0 / rho[n], out=self.anchor[n])
 
     def penalty(self) -> Tensor:
@@ -132,10 +143,10 @@ class SLR(PenaltySolver):
         return total
 
     def _terms(self, W: Mapping[str, Tensor], Z: Mapping[str, Tensor]) -> float:
-        """Σ_i ⟨Λ_i, W_i − Z_i⟩ + ρ_i/2 ||W_i − Z_i||² in float64 (the non-f part of L)."""
+        """Σ_t ⟨Λ_t, W_t − Z_t⟩ + ρ_t/2 ||W_t − Z_t||² in float64 (the non-f part of L)."""
         rho = self.rho
         total = 0.0
-        for n in self.constraints:
+        for n in self.Z:
             d = (W[n] - Z[n]).double()
             total += float((self.Lam[n].double() * d).sum()) + rho[n] / 2 * float(d.pow(2).sum())
         return total
@@ -154,7 +165,7 @@ class SLR(PenaltySolver):
         self.k += 1
         self.s = alpha(self.k, self.M, self.r) * self.s * self.g_prev / g
         self.g_prev = g
-        for n in self.constraints:
+        for n in self.Lam:
             self.Lam[n].add_(W[n] - Z[n], alpha=self.s)
         return True
 
@@ -175,27 +186,27 @@ class SLR(PenaltySolver):
         moved1 = cond1 and self._move(W, self.Z)
         # Z-step and condition 2 (W^{k+1}, Λ fixed: f cancels)
         rho = self.rho
-        Z_new = {n: c.project(W[n] + self.Lam[n] / rho[n]) for n, c in self.constraints.items()}
+        Z_new = self.joint.project({n: W[n] + self.Lam[n] / rho[n] for n in W}, rho)
         cond2 = self._terms(W, Z_new) < self._terms(W, self.Z)
         self.Z = Z_new
         moved2 = cond2 and self._move(W, self.Z)
-        for n in self.constraints:
+        for n in W:
             self.W_prev[n].copy_(W[n])
         self.f_prev = train_loss
         rho_next = self.rho_at(self.updates + 1)
         self._refresh_anchor(rho_next)
-        return {
+        record: dict[str, Any] = {
             "rho": sum(rho_next.values()) / len(rho_next),
             "step_size": self.s,
             "k": self.k,
             "conditions": [bool(cond1), bool(cond2)],
             "multipliers_moved": [bool(moved1), bool(moved2)],
             "lagrangian": [L_old, L_new],
-            "layers": {
-                n: {"residual": _rel(W[n] - self.Z[n], W[n]), "rho": rho[n]}
-                for n in self.constraints
-            },
+            "layers": {n: {"residual": _rel(W[n] - self.Z[n], W[n]), "rho": rho[n]} for n in W},
         }
+        if self.coupled is not None:
+            record["coupled"] = {"residual": self.joint.residual(W, self.Z)}
+        return record
 
     # ---- state --------------------------------------------------------------------------
 

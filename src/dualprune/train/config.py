@@ -34,6 +34,15 @@ class TrainConfig(BaseModel):
     gamma: float = Field(0.1, gt=0, le=1, description="step schedule decay")
     warmup_epochs: float = Field(0.0, ge=0)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    augment: Literal["auto", "none", "shift", "shift_flip"] = Field(
+        "auto",
+        description=(
+            "auto: the data set's default (CIFAR and 32x32 folders: shift_flip, MNIST: none); "
+            "shift: random crop from a copy zero-padded by `pad` pixels; shift_flip: also "
+            "mirror half of the images"
+        ),
+    )
+    pad: int = Field(4, ge=1, le=16, description="largest random shift, pixels (augment)")
     seed: int = 0
     train_samples: int | None = Field(
         None, gt=0, description="use a fixed random subset of N (quick checks)"

@@ -19,13 +19,24 @@ dualprune. The groups of ``channel_groups`` are split in two, and the solver
   inputs): one ``dp.Coupled`` set passed as ``coupled=``, whose Z-step projects
   every tied tensor at once (Π_{S_G}, docs/constraints.md).
 
-One channel ratio r serves both: the smallest r (bisection) at which the
+How many channels each group keeps (``--widths``):
+
+- ``uniform``: one channel ratio r serves both: the smallest r (bisection) at which the
 compaction plan of the magnitude-projected pretrained model has MACs ≤ target ×
 dense. Both keep a multiple of ``--multiple-of`` M (8) channels in every group
 (``Sparsity(r, "channel", multiple_of=M)``, ``coupled_masks(..., multiple_of=M)``;
 a group of at most M channels keeps all), since oneDNN's convolutions work on
 blocks of 8 or 16 channels and pad the rest; ``--multiple-of 1`` is the plain
-count. After the solver phase: hard prune (its masks hold both parts),
+count.
+- ``search``: ``dp.search_widths`` times every assignment of kept widths per
+  class of groups with the same channel count (one per stage; multiples of M)
+  whose MACs cut lies in [1/target, 1.15/target] and keeps the fastest at batch
+  64 on this machine (docs/speed.md); ``K1/K2/K3`` gives the widths directly
+  (increasing channel count: ``8/16/64`` keeps 8 of 16, 16 of 32, 64 of 64).
+  Chain groups then get ``Sparsity(1 − k/C, "channel")`` and residual groups
+  per-group ratios in ``dp.Coupled``.
+
+After the solver phase: hard prune (its masks hold both parts),
 ``compact``, then plain fine-tuning of the small dense model.
 
 Torch-Pruning: ``MagnitudePruner`` (L2 magnitude, ``fc`` ignored), one-shot from
@@ -89,6 +100,17 @@ def split_groups(groups: Sequence[ChannelGroup]) -> tuple[list[str], list[Channe
         else:
             residual.append(g)
     return readers, residual
+
+
+def split_chain(groups: Sequence[ChannelGroup]) -> tuple[list[str], list[ChannelGroup]]:
+    """(reader layers of chain groups, those chain groups), in the same order."""
+    readers, chain = [], []
+    for g in groups:
+        reader, _ = split_groups([g])
+        if reader:
+            readers += reader
+            chain.append(g)
+    return readers, chain
 
 
 def channel_masks(
@@ -164,6 +186,11 @@ def main() -> None:
         metavar="M",
         help="kept channels of every group are a multiple of M (or all of them); 1 = any count",
     )
+    p.add_argument(
+        "--widths",
+        default="uniform",
+        help="uniform (one channel ratio), search (measured fastest), or K/K/K per stage",
+    )
     p.add_argument("--solver", default="slr", choices=["slr", "admm"])
     p.add_argument("--rho", type=float, default=0.1)
     p.add_argument("--solver-epochs", type=int, default=3)
@@ -224,26 +251,48 @@ def main() -> None:
         epochs=args.finetune_epochs, batch_size=bs, lr=args.lr, nesterov=True, schedule="cosine"
     )
 
-    # 2. dualprune: the channel ratio r by bisection on the compaction plan
-    readers, residual = split_groups(channel_groups(dense, x2, ignore=["fc"]))
+    # 2. dualprune: the kept channels (one ratio by bisection, or per-stage widths)
+    groups = channel_groups(dense, x2, ignore=["fc"])
+    readers, residual = split_groups(groups)
     target = args.macs_target * dense_macs_total
+    width_search = None
+    if args.widths == "uniform":
 
-    def plan_macs(r: float) -> float:
-        masks = channel_masks(dense, readers, residual, r, multiple_of=mult)
-        return compaction_plan(dense, x2, masks).macs_after
+        def plan_macs(r: float) -> float:
+            masks = channel_masks(dense, readers, residual, r, multiple_of=mult)
+            return compaction_plan(dense, x2, masks).macs_after
 
-    t0 = time.perf_counter()
-    if plan_macs(0.95) > target:
-        p.error(
-            f"--macs-target {args.macs_target} is out of reach with --multiple-of {mult} "
-            f"(ratio 0.95 keeps {plan_macs(0.95) / dense_macs_total:.2f} of the MACs); "
-            "raise the target or lower M"
-        )
-    ratio = bisect(plan_macs, target, hi=0.95, steps=8)[1]
-    print(f"channel ratio r = {ratio:.4f} ({time.perf_counter() - t0:.1f} s of bisection)")
+        t0 = time.perf_counter()
+        if plan_macs(0.95) > target:
+            p.error(
+                f"--macs-target {args.macs_target} is out of reach with --multiple-of {mult} "
+                f"(ratio 0.95 keeps {plan_macs(0.95) / dense_macs_total:.2f} of the MACs); "
+                "raise the target or lower M"
+            )
+        ratio: float | dict[str, int] = bisect(plan_macs, target, hi=0.95, steps=8)[1]
+        print(f"channel ratio r = {ratio:.4f} ({time.perf_counter() - t0:.1f} s of bisection)")
+        plan = {n: reader_constraint(ratio, mult) for n in readers}
+        coupled = dp.Coupled(residual, ratio, multiple_of=mult)
+    else:
+        classes = sorted({g.channels for g in groups})
+        if args.widths == "search":
+            width_search = dp.search_widths(
+                dense, x, macs_ratio=1 / args.macs_target, multiple_of=mult, batch_size=64,
+                threads=args.threads, ignore="fc", progress=print,
+            )  # fmt: skip
+            print(width_search)
+            widths = width_search.best.widths
+        else:
+            try:
+                widths = dict(zip(classes, map(int, args.widths.split("/")), strict=True))
+            except ValueError:
+                p.error(f"--widths {args.widths}: give {len(classes)} ints like 8/16/64")
+        ratio = {str(c): k for c, k in widths.items()}
+        print(f"kept widths per channel count: {ratio}")
+        chain = {n: g.channels for n, g in zip(*split_chain(groups), strict=True)}
+        plan = {n: dp.Sparsity(1 - widths[c] / c, "channel") for n, c in chain.items()}
+        coupled = dp.Coupled(residual, [1 - widths[g.channels] / g.channels for g in residual])
     model = copy.deepcopy(dense).train()
-    plan = {n: reader_constraint(ratio, mult) for n in readers}
-    coupled = dp.Coupled(residual, ratio, multiple_of=mult)
     solver = (SLR if args.solver == "slr" else ADMM)(model, plan, coupled=coupled, rho=args.rho)
     curves = {}  # test accuracy per epoch of every training phase
     curves["dualprune solver"] = fit(
@@ -327,6 +376,8 @@ def main() -> None:
         "macs_target": args.macs_target,
         "multiple_of": mult,
         "channel_ratio": ratio,
+        "widths": args.widths,
+        "width_search": None if width_search is None else width_search.as_dict(),
         "tp_pruning_ratio": tp_ratio,
         "solver": {"name": args.solver, **getattr(solver, "settings", dict)()},
         "solver_layers": readers,
@@ -350,7 +401,7 @@ def main() -> None:
         f"CIFAR-10, {len(train_y)} train samples, pretrained "
         f"{args.pretrained or f'{args.pretrain_epochs} ep'} ({100 * dense_acc:.2f}%); "
         f"{args.solver_epochs} + {args.finetune_epochs} ep training; "
-        f"kept channels multiple of {mult}; "
+        f"kept channels {'multiple of ' + str(mult) if args.widths == 'uniform' else ratio}; "
         f"{args.threads} threads, {cpu_model()}"
     )
     rows = []

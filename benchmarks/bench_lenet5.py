@@ -19,7 +19,9 @@ Experiments (all start from ONE pretrained LeNet-5, trained by the first):
   (``aug-pretrain``: 40 epochs, cosine, weight decay 5e-4), 30 solver epochs,
   20 masked retraining epochs with weight decay. ``aug-push`` and ``aug-joint``
   repeat ``push`` and ``joint`` from ``aug-slr`` with augmentation and
-  ``--aug-round-epochs`` per stage.
+  ``--aug-round-epochs`` per stage. ``aug-push-admm``: round 2's ratios (200×)
+  from ``aug-admm`` with ADMM, 20 solver and 20 retraining epochs;
+  ``aug-push-admm3``: round 3's ratios (~300×) from that, the same way.
 - ``push``: progressive rounds, each starting from the previous round's final
   model: round 1 = eccv-slr's result, round 2 → ~200×, round 3 → ~300×.
   Target: ≥ 200× at ≥ 99.2%.
@@ -135,6 +137,24 @@ def augmented(wanted: list[str], data_dir: str | None, epochs: int) -> list[dict
             settings = {**rounds, "pretrained": str(last), "plan": plan}
             results.append(go(f"aug-push-round{i}", "lenet5-mnist-slr", settings, data_dir))
             last = OUT / f"aug-push-round{i}" / "model.safetensors"
+    if "aug-push-admm" in wanted:  # 200x from aug-admm's model with ADMM, 20 + 20 epochs
+        settings = {
+            **rounds,
+            "compress.epochs": 20,
+            "retrain.epochs": 20,
+            "pretrained": str(OUT / "aug-admm" / "model.safetensors"),
+            "plan": ROUND2,
+        }
+        results.append(go("aug-push-admm", "lenet5-mnist-admm", settings, data_dir))
+    if "aug-push-admm3" in wanted:  # then round 3's ratios (301x), the same way
+        settings = {
+            **rounds,
+            "compress.epochs": 20,
+            "retrain.epochs": 20,
+            "pretrained": str(OUT / "aug-push-admm" / "model.safetensors"),
+            "plan": ROUND3,
+        }
+        results.append(go("aug-push-admm3", "lenet5-mnist-admm", settings, data_dir))
     if "aug-joint" in wanted:
         last = OUT / "aug-push-round3" / "model.safetensors"
         settings = {**rounds, "pretrained": str(last), "plan": joint(ROUND3, BITS)}

@@ -21,7 +21,9 @@ Experiments (all start from ONE pretrained LeNet-5, trained by the first):
   repeat ``push`` and ``joint`` from ``aug-slr`` with augmentation and
   ``--aug-round-epochs`` per stage. ``aug-push-admm``: round 2's ratios (200×)
   from ``aug-admm`` with ADMM, 20 solver and 20 retraining epochs;
-  ``aug-push-admm3``: round 3's ratios (~300×) from that, the same way.
+  ``aug-push-admm3``: round 3's ratios (~300×) from that, the same way;
+  ``aug-push-slr``: round 2's ratios from ``aug-slr`` with SLR (ρ 0.01 ×1.2),
+  20 + 20 epochs; ``aug-joint-admm``: ``aug-joint`` from ``aug-push-admm3``.
 - ``push``: progressive rounds, each starting from the previous round's final
   model: round 1 = eccv-slr's result, round 2 → ~200×, round 3 → ~300×.
   Target: ≥ 200× at ≥ 99.2%.
@@ -155,6 +157,24 @@ def augmented(wanted: list[str], data_dir: str | None, epochs: int) -> list[dict
             "plan": ROUND3,
         }
         results.append(go("aug-push-admm3", "lenet5-mnist-admm", settings, data_dir))
+    if "aug-push-slr" in wanted:  # 200x from aug-slr's model with SLR (rho 0.01 x1.2), 20 + 20
+        settings = {
+            **rounds,
+            "compress.epochs": 20,
+            "retrain.epochs": 20,
+            "solver.rho": 0.01,
+            "solver.rho_growth": 1.2,
+            "pretrained": str(OUT / "aug-slr" / "model.safetensors"),
+            "plan": ROUND2,
+        }
+        results.append(go("aug-push-slr", "lenet5-mnist-slr", settings, data_dir))
+    if "aug-joint-admm" in wanted:  # joint from aug-push-admm3's 300x model
+        settings = {
+            **rounds,
+            "pretrained": str(OUT / "aug-push-admm3" / "model.safetensors"),
+            "plan": joint(ROUND3, BITS),
+        }
+        results.append(go("aug-joint-admm", "lenet5-mnist-joint", settings, data_dir))
     if "aug-joint" in wanted:
         last = OUT / "aug-push-round3" / "model.safetensors"
         settings = {**rounds, "pretrained": str(last), "plan": joint(ROUND3, BITS)}

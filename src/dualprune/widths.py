@@ -64,7 +64,7 @@ class WidthCandidate:
 
     def label(self) -> str:
         """The widths as ``k1/k2/…`` in increasing order of C (e.g. ``8/32/32``)."""
-        return "/".join(str(self.widths[c]) for c in sorted(self.widths))
+        return _label(self.widths)
 
 
 @dataclass(frozen=True)
@@ -118,6 +118,11 @@ class WidthSearch:
                 f"{c.speedup:>7.2f}× {100 * c.realised:>7.0f}%{mark}"
             )
         return "\n".join(rows)
+
+
+def _label(widths: dict[int, int]) -> str:
+    """``k1/k2/…`` in increasing order of the class channel count C."""
+    return "/".join(str(widths[c]) for c in sorted(widths))
 
 
 def width_ratios(groups: Sequence[ChannelGroup], widths: dict[int, int]) -> list[float]:
@@ -282,7 +287,7 @@ def search_widths(
         )
     variants: dict[str, nn.Module] = {"dense": model}
     for _, widths, small, _ in scored:
-        variants["/".join(str(widths[c]) for c in classes)] = small
+        variants[_label(widths)] = small
     latency = compare_latency(
         variants,
         example_input,
@@ -295,8 +300,7 @@ def search_widths(
     dense_ms = latency.results["dense"].median_ms(batch_size)
     candidates = []
     for ratio, widths, _, macs in scored:
-        name = "/".join(str(widths[c]) for c in classes)
-        ms = latency.results[name].median_ms(batch_size)
+        ms = latency.results[_label(widths)].median_ms(batch_size)
         cand = WidthCandidate(widths, macs, ratio, ms, dense_ms / ms)
         candidates.append(cand)
         if progress is not None:

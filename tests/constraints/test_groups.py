@@ -26,6 +26,7 @@ from dualprune.constraints.groups import (
     project_coupled,
 )
 from dualprune.errors import ConstraintError, UnknownNameError
+from resnets import Block
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -35,24 +36,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-class Block(nn.Module):
-    """conv-bn-relu-conv-bn plus a shortcut (identity, or 1×1 conv + bn when widths differ)."""
-
-    def __init__(self, cin: int, cout: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.shortcut = nn.Sequential()
-        if cin != cout:
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
-        return torch.relu(y + self.shortcut(x))
 
 
 class ResNet2(nn.Module):

@@ -23,6 +23,7 @@ from dualprune import models
 from dualprune.constraints import ChannelGroup, Coupled, Quantization, Sparsity, TiedSlice
 from dualprune.errors import CheckpointError, ConfigError, ConstraintError, PlanError
 from dualprune.solvers import create
+from resnets import Block
 
 X = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
 BATCHES = data((3, 8, 8), batches=3)
@@ -31,22 +32,6 @@ OPTIONS = {
     "slr": {"rho": 0.1, "M": 20.0, "s0": 0.05},
     "magnitude": {"schedule": "agp", "steps": 2},
 }
-
-
-class Block(nn.Module):
-    def __init__(self, cin: int, cout: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.shortcut = nn.Sequential()
-        if cin != cout:
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout))
-
-    def forward(self, x: Tensor) -> Tensor:
-        y = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))  # (B, cout, H, W)
-        return F.relu(y + self.shortcut(x))
 
 
 class Res2(nn.Module):

@@ -10,7 +10,7 @@ from typing import Any
 
 from torch import nn
 
-from dualprune.cli.args import add_threads, json_out, positive_int
+from dualprune.cli.args import add_threads, json_out, positive_float, positive_int
 
 FORMATS = ("packed", "onnx", "torch")
 
@@ -180,16 +180,6 @@ def cmd_widths(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got '{text}'")
-    return value
-
-
 def _batch_sizes(text: str) -> tuple[int, ...]:
     try:
         sizes = tuple(int(t) for t in text.split(","))
@@ -268,7 +258,7 @@ def register(sub: Any) -> None:
         ),
     )
     p.add_argument("model", help="a zoo model name (dualprune models) or " + where)
-    p.add_argument("--macs-ratio", type=_positive_float, default=2.0, help="default 2")
+    p.add_argument("--macs-ratio", type=positive_float, default=2.0, help="default 2")
     p.add_argument("--slack", type=float, default=0.15, help="default 0.15")
     p.add_argument("--multiple-of", type=positive_int, default=8, help="default 8")
     p.add_argument("--batch-size", type=positive_int, default=64, help="default 64")

@@ -41,7 +41,7 @@ After the solver phase: hard prune (its masks hold both parts),
 
 Torch-Pruning: ``MagnitudePruner`` (L2 magnitude, ``fc`` ignored), one-shot from
 the pretrained model, ``pruning_ratio`` by bisection to the MACs nearest
-dualprune's (both counted by ``dualprune.metrics.dense_macs``); then the same two
+dualprune's (both counted by ``dualprune.size.metrics.dense_macs``); then the same two
 training phases, without a solver.
 
 Writes benchmarks/results/compact_<model>.json and ``| compact:`` rows in
@@ -76,12 +76,12 @@ from torch import Tensor, nn
 
 import dualprune as dp
 from dualprune import data, models
-from dualprune.compact import CompactionPlan, compact, compaction_plan
+from dualprune.compaction.remove import CompactionResult, compact, compaction_result
 from dualprune.constraints.groups import ChannelGroup, channel_groups, coupled_masks
-from dualprune.latency import compare_latency
-from dualprune.metrics import dense_macs
 from dualprune.pipeline.stages import load_pretrained, subset
+from dualprune.size.metrics import dense_macs
 from dualprune.solvers import ADMM, SLR
+from dualprune.speed.latency import compare_latency
 from dualprune.train import TrainConfig, evaluate, fit
 
 
@@ -260,7 +260,7 @@ def main() -> None:
 
         def plan_macs(r: float) -> float:
             masks = channel_masks(dense, readers, residual, r, multiple_of=mult)
-            return compaction_plan(dense, x2, masks).macs_after
+            return compaction_result(dense, x2, masks).macs_after
 
         t0 = time.perf_counter()
         if plan_macs(0.95) > target:
@@ -303,7 +303,7 @@ def main() -> None:
         warnings.simplefilter("always")
         small = compact(model.eval(), x2, masks)
     leftovers = [str(w.message) for w in caught]
-    cplan = CompactionPlan.from_dict(small.dualprune_compaction)
+    cplan = CompactionResult.from_dict(small.dualprune_compaction)
     print(str(cplan).splitlines()[-1], *leftovers, sep="\n")
     dp_hard_acc = evaluate(small, test_loader)["acc"]
     curves["dualprune fine-tune"] = fit(
@@ -384,7 +384,7 @@ def main() -> None:
         "residual_groups": [g.root for g in residual],
         "phase1": phase1.model_dump(mode="json"),
         "phase2": phase2.model_dump(mode="json"),
-        "compaction_plan": cplan.as_dict(),
+        "compaction_result": cplan.as_dict(),
         "compaction_warnings": leftovers,
         "solver_history": solver.history,
         "training": curves,

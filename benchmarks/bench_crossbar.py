@@ -84,7 +84,7 @@ from dualprune.hardware import (
 )
 from dualprune.hardware.chips import built_cells
 from dualprune.hardware.faults import fault_levels, read_faults
-from dualprune.masks import Masks
+from dualprune.masks.masks import Masks
 from dualprune.pipeline import Recipe, load_recipe, run
 from dualprune.pipeline.artifacts import load_artifact
 from dualprune.pipeline.stages import subset

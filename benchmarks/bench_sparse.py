@@ -44,13 +44,13 @@ from common import RESULTS, cpu_model, replace_rows  # benchmarks/common.py
 from torch import nn
 
 from dualprune import models
-from dualprune.breakeven import DEFAULT_SPARSITIES, break_even_sparsity
 from dualprune.constraints.structures import project_irregular
-from dualprune.latency import compare_latency
-from dualprune.metrics import layer_stats
 from dualprune.pipeline.runreport import load_run_model
-from dualprune.sparse import sparse_layer, unsupported_reason
-from dualprune.sparsify import layer_timer, sparsify_for_inference
+from dualprune.size.metrics import layer_stats
+from dualprune.speed.breakeven import DEFAULT_SPARSITIES, break_even_sparsity
+from dualprune.speed.latency import compare_latency
+from dualprune.speed.sparse import sparse_layer, unsupported_reason
+from dualprune.speed.sparsify import layer_timer, sparsify_for_inference
 
 ROW_TAG = "sparse:"
 MODELS = {"lenet300": "LeNet-300-100", "lenet5": "LeNet-5"}

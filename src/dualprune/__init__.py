@@ -16,7 +16,12 @@ See README.md for a tour and docs/ for the math.
 """
 
 from dualprune import errors, solvers
-from dualprune.compact import CompactionPlan, CompactionWarning, compact, compaction_plan
+from dualprune.compaction.remove import (
+    CompactionResult,
+    CompactionWarning,
+    compact,
+    compaction_result,
+)
 from dualprune.constraints import (
     Constraint,
     Coupled,
@@ -26,18 +31,18 @@ from dualprune.constraints import (
     channel_groups,
     from_dict,
 )
-from dualprune.masks import Masks
+from dualprune.masks.masks import Masks
 from dualprune.plan import Plan
 from dualprune.solvers import ADMM, SLR, Magnitude, Solver
-from dualprune.sparsify import sparsify_for_inference
-from dualprune.widths import WidthSearch, search_widths
+from dualprune.speed.sparsify import sparsify_for_inference
+from dualprune.speed.widths import WidthSearch, search_widths
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ADMM",
     "SLR",
-    "CompactionPlan",
+    "CompactionResult",
     "CompactionWarning",
     "Constraint",
     "Coupled",
@@ -52,7 +57,7 @@ __all__ = [
     "__version__",
     "channel_groups",
     "compact",
-    "compaction_plan",
+    "compaction_result",
     "errors",
     "from_dict",
     "search_widths",

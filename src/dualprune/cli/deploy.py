@@ -17,12 +17,12 @@ FORMATS = ("packed", "onnx", "torch")
 
 def _compacted(art: Any) -> tuple[nn.Module, Any, list[str]]:
     """The compacted model, its plan, and the warnings compaction gave."""
-    from dualprune.compact import CompactionPlan, compact
+    from dualprune.compaction.remove import CompactionResult, compact
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         small = compact(art.model, art.random_input(2), art.masks)
-    plan = CompactionPlan.from_dict(small.dualprune_compaction)
+    plan = CompactionResult.from_dict(small.dualprune_compaction)
     return small, plan, [str(w.message) for w in caught]
 
 
@@ -50,10 +50,10 @@ def cmd_compact(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """``dualprune bench RUN_DIR|CHECKPOINT``: dense vs compacted vs sparse latency."""
-    from dualprune.latency import batch_of, compare_latency
-    from dualprune.metrics import dense_macs, layer_stats
     from dualprune.pipeline.artifacts import load_artifact
-    from dualprune.sparsify import sparsify_for_inference
+    from dualprune.size.metrics import dense_macs, layer_stats
+    from dualprune.speed.latency import batch_of, compare_latency
+    from dualprune.speed.sparsify import sparsify_for_inference
 
     art = load_artifact(args.path)
     model = art.model.eval()
@@ -145,7 +145,7 @@ def cmd_widths(args: argparse.Namespace) -> int:
     """``dualprune widths MODEL|RUN_DIR``: channel widths that run fast on this CPU."""
     import torch
 
-    from dualprune.widths import search_widths
+    from dualprune.speed.widths import search_widths
 
     if Path(args.model).exists():
         from dualprune.pipeline.artifacts import load_artifact

@@ -4,7 +4,7 @@ Three formats (docs/export.md), each a function of the model and what is known
 about its compression; none of them imports the solvers or the pipeline.
 
 * :func:`save_packed` / :func:`load_packed`: every prunable weight in the code
-  that :mod:`dualprune.storage` counts (values, a bitmask, relative or
+  that :mod:`dualprune.size.storage` counts (values, a bitmask, relative or
   Golomb–Rice index, scales α), so the file is the storage figure of the report
   (docs/algorithms.md §4); weights come back bit for bit.
 * :func:`export_onnx`: an ONNX graph of the module given (the compacted model

@@ -5,7 +5,7 @@ bit j of the stream is bit (j mod 8) of byte ⌊j/8⌋, and an integer of width 
 starting at bit s occupies bits s … s + w − 1, its lowest bit first. A field may
 start anywhere (no byte alignment), so m fields of width w take exactly m·w bits
 and a stream of B bits takes ⌈B/8⌉ bytes, the last byte padded with zero bits;
-this is how :mod:`dualprune.storage` counts a layer (docs/algorithms.md §4).
+this is how :mod:`dualprune.size.storage` counts a layer (docs/algorithms.md §4).
 
 Fields of 8, 16 or 32 bits that start on a byte (fp32 values, scales) are copied
 as little-endian bytes; all others are expanded to bits in chunks of about a

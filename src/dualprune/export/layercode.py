@@ -1,4 +1,4 @@
-"""One prunable weight as a bit stream, exactly as :mod:`dualprune.storage` counts it (§4).
+"""One prunable weight as a bit stream, exactly as :mod:`dualprune.size.storage` counts it (§4).
 
 Let W be the weight (n entries, k nonzero, read row-major), s the number of
 scales α, b_w = ⌈log₂ L⌉ the bits of a level and b_nz = ⌈log₂ L'⌉ the bits of a
@@ -14,19 +14,19 @@ nonzero level (L' of them). The stream of a layer is three fields back to back
     index    none:      nothing
              bitmask:   n × 1 bit, 1 = nonzero
              relative:  (k + p) × b_idx bits, the fields of
-                        :func:`~dualprune.indexcodes.relative_fields` (0 = escape:
+                        :func:`~dualprune.size.indexcodes.relative_fields` (0 = escape:
                         advance 2^b_idx − 1 positions, no value)
              rice:      U + k bits of unary quotients, then k × r remainder bits
-                        (:func:`~dualprune.indexcodes.rice_fields`)
+                        (:func:`~dualprune.size.indexcodes.rice_fields`)
 
 so it has exactly ``layer_storage(W, constraint).total_bits`` bits: the code and
-its parameter (b_idx or r) are the ones :func:`~dualprune.storage.layer_storage`
+its parameter (b_idx or r) are the ones :func:`~dualprune.size.storage.layer_storage`
 chose. The manifest entry holds the code, its parameter (``b_idx``: 0, 1, b_idx
 or r), the stored values ``m`` (n or k) and, for relative and rice, ``p`` (the
 escapes p, or the unary ones U), from which the stream's length follows.
 
 A quantized entry decodes to ``(ℓ_j · α)`` computed in fp32 (at least) and cast to
-W's dtype, the arithmetic of :class:`~dualprune.enforce.LevelGrid` and
+W's dtype, the arithmetic of :class:`~dualprune.masks.enforce.LevelGrid` and
 :meth:`Quantization.codes`. Encoding checks that every nonzero entry decodes to
 itself bit for bit; the scales come from the masks when given, else they are
 recovered from W (:func:`_recovered_scales`: α within two ulps of v*/ℓ for the
@@ -43,14 +43,14 @@ from torch import Tensor
 from dualprune.constraints import Constraint, Quantization, from_dict
 from dualprune.errors import CheckpointError, ConfigError, DualpruneError
 from dualprune.export.bits import BitReader, BitWriter, float_codes, float_from_codes
-from dualprune.indexcodes import (
+from dualprune.size.indexcodes import (
     relative_fields,
     relative_gaps,
     relative_positions,
     rice_fields,
     rice_positions,
 )
-from dualprune.storage import (
+from dualprune.size.storage import (
     INDEX_KINDS,
     SCALE_BITS,
     Storage,

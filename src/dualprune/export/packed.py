@@ -13,7 +13,7 @@ One ``.safetensors`` file (docs/export.md) with one uint8 tensor, ``payload``::
 
 Each layer's stream has exactly ``layer_storage(W, constraint).bytes`` bytes and
 every other float tensor its 4 bytes an entry, so the data of the file is
-:func:`~dualprune.storage.model_storage`'s ``bytes``; offsets are not stored, they
+:func:`~dualprune.size.storage.model_storage`'s ``bytes``; offsets are not stored, they
 follow from the manifest. The rest is fixed: the safetensors header (120-128 bytes
 with one tensor) and the manifest (LeNet-5: about 70 bytes, ResNet-20: 700), which
 also holds ``num_batches_tracked`` as varints. Nothing is unpickled on load.
@@ -41,9 +41,9 @@ from dualprune.export.bits import tensor_bytes, tensor_from_bytes
 from dualprune.export.layercode import decode_layer, encode_layer, stream_bytes
 from dualprune.export.manifest import Record, decode_manifest, encode_manifest
 from dualprune.fileio import write_atomic
-from dualprune.masks import Masks
+from dualprune.masks.masks import Masks
 from dualprune.plan import prunable_layers
-from dualprune.storage import ModelStorage, Storage, model_storage
+from dualprune.size.storage import ModelStorage, Storage, model_storage
 
 __all__ = ["FORMAT", "PAYLOAD", "PackedInfo", "load_packed", "read_manifest", "save_packed"]
 
@@ -60,7 +60,7 @@ class PackedInfo:
     Attributes:
         path: The file.
         file_bytes: Its size on disk.
-        storage: The storage figure of the model (:func:`~dualprune.storage.model_storage`
+        storage: The storage figure of the model (:func:`~dualprune.size.storage.model_storage`
             with the same constraints), per layer and in total.
         packed_bytes: Bytes of the packed layer streams (= ``storage.prunable_bytes``).
         other_bytes: Bytes of every other tensor stored in the payload (biases,
@@ -152,7 +152,7 @@ def save_packed(
     """Write ``model`` in the packed format (module docstring), atomically.
 
     Every prunable layer is stored in the cheapest code of
-    :func:`~dualprune.storage.layer_storage` (none, bitmask, relative indices
+    :func:`~dualprune.size.storage.layer_storage` (none, bitmask, relative indices
     with escapes, or Golomb–Rice gaps) with its values (only the nonzeros' where
     an index marks them) and its scales α, so that the file
     holds ``model_storage(model, constraints).bytes`` of data (§4) plus about 120 bytes

@@ -47,7 +47,7 @@ from dualprune.hardware.devices import (
     read_sigma,
 )
 from dualprune.hardware.spec import CrossbarSpec
-from dualprune.masks import Masks
+from dualprune.masks.masks import Masks
 from dualprune.plan import prunable_layers
 from dualprune.train.loop import evaluate
 

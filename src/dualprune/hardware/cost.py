@@ -36,7 +36,7 @@ from dualprune.hardware.crossbar import CrossbarReport, map_model
 from dualprune.hardware.mapping import LayerMap
 from dualprune.hardware.profiles import Profile, get_profile
 from dualprune.hardware.spec import CrossbarSpec
-from dualprune.masks import Masks
+from dualprune.masks.masks import Masks
 
 __all__ = ["CostReport", "LayerCost", "cost", "cost_vs_dense"]
 

@@ -48,7 +48,7 @@ from dualprune.constraints.structures import gemm_view
 from dualprune.errors import ConfigError, UnknownNameError, did_you_mean
 from dualprune.hardware.mapping import CrossbarReport, LayerMap, TileMap
 from dualprune.hardware.spec import CrossbarSpec
-from dualprune.masks import Masks
+from dualprune.masks.masks import Masks
 from dualprune.plan import prunable_layers
 
 __all__ = [

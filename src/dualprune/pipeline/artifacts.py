@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from dualprune import models
 from dualprune.constraints import Constraint
 from dualprune.errors import CheckpointError
-from dualprune.masks import Masks
+from dualprune.masks.masks import Masks
 from dualprune.pipeline.runreport import load_run_model
 from dualprune.train import checkpoint as ckpt_io
 

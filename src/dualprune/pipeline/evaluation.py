@@ -10,10 +10,10 @@ from torch import nn
 
 from dualprune import data, models
 from dualprune.errors import CheckpointError
-from dualprune.metrics import layer_stats
 from dualprune.pipeline.runreport import load_run_model
 from dualprune.pipeline.stages import check_fits
-from dualprune.report import layer_table
+from dualprune.report.report import layer_table
+from dualprune.size.metrics import layer_stats
 from dualprune.train import checkpoint as ckpt_io
 from dualprune.train.loop import evaluate
 

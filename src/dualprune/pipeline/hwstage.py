@@ -22,7 +22,7 @@ from dualprune.hardware import (
     evaluate_on_chips,
     map_model,
 )
-from dualprune.masks import Masks
+from dualprune.masks.masks import Masks
 
 __all__ = ["HardwareOptions", "hardware_markdown", "hardware_summary"]
 

@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 
 from dualprune import models
 from dualprune.errors import CheckpointError
-from dualprune.report import build_report, terminal_table, write_report
+from dualprune.report.report import build_report, terminal_table, write_report
 
 __all__ = ["STAGES", "load_run_model", "read_stages", "report_run"]
 

@@ -33,7 +33,7 @@ from torch import nn
 from dualprune import data, models, solvers
 from dualprune.constraints.coupled import Coupled
 from dualprune.errors import CheckpointError, ConfigError
-from dualprune.masks import Masks
+from dualprune.masks.masks import Masks
 from dualprune.pipeline.hwstage import hardware_summary
 from dualprune.pipeline.recipe import MagnitudeOptions, Recipe, recipe_yaml
 from dualprune.pipeline.runreport import report_run

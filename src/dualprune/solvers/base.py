@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from dualprune.constraints import Constraint
 from dualprune.constraints.coupled import Coupled
 from dualprune.errors import CheckpointError, ConfigError, ConstraintError, PlanError
-from dualprune.masks import Masks
+from dualprune.masks.masks import Masks
 from dualprune.plan import Plan, prunable_layers
 from dualprune.solvers.coupled import JointSet
 

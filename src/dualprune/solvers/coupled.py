@@ -40,7 +40,7 @@ from torch import Tensor, nn
 
 from dualprune.constraints import Constraint
 from dualprune.constraints.coupled import Coupled
-from dualprune.masks import Masks
+from dualprune.masks.masks import Masks
 
 __all__ = ["JointSet", "weight_name"]
 

@@ -77,7 +77,8 @@ from torch import Tensor, nn
 import dualprune as dp
 from dualprune import data, models
 from dualprune.compaction.remove import CompactionResult, compact, compaction_result
-from dualprune.constraints.groups import ChannelGroup, channel_groups, coupled_masks
+from dualprune.constraints.groups import ChannelGroup, coupled_masks
+from dualprune.graph import channel_groups
 from dualprune.pipeline.stages import load_pretrained, subset
 from dualprune.size.metrics import dense_macs
 from dualprune.solvers import ADMM, SLR

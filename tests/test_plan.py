@@ -393,16 +393,3 @@ def test_global_include_and_exclude_errors(net):
         Plan.global_(Sparsity(0.5), net, include="cnv*")
     with pytest.raises(PlanError, match=r"leave no layer to share the budget"):
         Plan.global_(Sparsity(0.5), net, include="fc*", exclude="fc*")
-
-
-def test_for_crossbar_is_the_hardware_plan():
-    from dualprune import models
-    from dualprune.hardware import CrossbarSpec, crossbar_plan
-
-    model = models.create("lenet5")
-    spec = CrossbarSpec(weight_bits=4)
-    plan = Plan.for_crossbar(model, spec, 0.5, exclude="conv1")
-    assert plan == crossbar_plan(model, spec, 0.5, exclude="conv1")
-    resolved = plan.resolve(model)
-    assert "conv1" not in resolved
-    assert resolved["fc1"].to_dict()["parts"][0]["block"] == [128, 32]  # 128 × 128/m, m = 4

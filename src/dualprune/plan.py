@@ -283,35 +283,6 @@ class Plan:
         extra += f", default={self.default!r}" if self.default is not None else ""
         return f"Plan({self.mapping!r}{extra})"
 
-    @classmethod
-    def for_crossbar(
-        cls,
-        model: nn.Module,
-        spec: Any,
-        ratio: float,
-        structure: str = "block",
-        quantize: bool = True,
-        layers: str | Sequence[str] = "*",
-        exclude: str | Sequence[str] = (),
-    ) -> Plan:
-        """A plan whose tiles are the crossbar tiles of ``spec`` (docs/hardware.md).
-
-        Every matched layer gets ``Sparsity(ratio, structure, block=tile)`` with the
-        tile one crossbar holds, intersected with ``Quantization(bits=spec.weight_bits)``
-        when ``quantize``. See :func:`dualprune.hardware.crossbar_plan`.
-        """
-        from dualprune.hardware.plan import crossbar_plan  # plan.py never imports hardware
-
-        return crossbar_plan(
-            model,
-            spec,
-            ratio,
-            structure=structure,
-            quantize=quantize,
-            layers=layers,
-            exclude=exclude,
-        )
-
     # ---- global budget -----------------------------------------------------------------
 
     @classmethod

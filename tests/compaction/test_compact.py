@@ -26,8 +26,9 @@ from dualprune.compaction.remove import (
     compact,
     compaction_result,
 )
-from dualprune.constraints.groups import channel_groups, coupled_masks
+from dualprune.constraints.groups import coupled_masks
 from dualprune.errors import CheckpointError, ConfigError, UnknownNameError
+from dualprune.graph import channel_groups
 from dualprune.plan import prunable_layers
 from dualprune.size.metrics import dense_macs
 

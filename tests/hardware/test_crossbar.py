@@ -338,3 +338,15 @@ def test_map_does_not_change_the_model():
     before = copy.deepcopy(net.state_dict())
     map_model(net, M2, example_input=torch.zeros(1, 3, 16, 16))
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+
+
+def test_crossbar_plan_excludes_and_uses_the_crossbar_tile():
+    from dualprune import models
+    from dualprune.hardware import CrossbarSpec, crossbar_plan
+
+    model = models.create("lenet5")
+    spec = CrossbarSpec(weight_bits=4)
+    plan = crossbar_plan(model, spec, 0.5, exclude="conv1")
+    resolved = plan.resolve(model)
+    assert "conv1" not in resolved
+    assert resolved["fc1"].to_dict()["parts"][0]["block"] == [128, 32]  # 128 × 128/m, m = 4

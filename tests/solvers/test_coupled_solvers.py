@@ -22,6 +22,7 @@ import dualprune as dp
 from dualprune import models
 from dualprune.constraints import ChannelGroup, Coupled, Quantization, Sparsity, TiedSlice
 from dualprune.errors import CheckpointError, ConfigError, ConstraintError, PlanError
+from dualprune.graph import coupled_from_model
 from dualprune.solvers import create
 from resnets import Block
 
@@ -58,13 +59,13 @@ def make(seed: int = 0) -> nn.Module:
 def setup(case: str, model: nn.Module) -> tuple[dict | None, Coupled]:
     """(plan, coupled) of a case: coupled alone, or with a per-layer plan."""
     if case == "coupled":
-        return None, Coupled.from_model(model, X, 0.5, ignore=["fc"], multiple_of=2)
+        return None, coupled_from_model(model, X, 0.5, ignore=["fc"], multiple_of=2)
     plan = {
         "block1.conv2": Sparsity(0.5, "channel"),
         "block2.conv2": Sparsity(0.5, "channel", multiple_of=4),
         "block1.conv1": Sparsity(0.3) & Quantization(bits=3),  # its inputs are tied too
     }
-    return plan, Coupled.from_model(model, X, 0.5, chains=False, multiple_of=4)
+    return plan, coupled_from_model(model, X, 0.5, chains=False, multiple_of=4)
 
 
 def solver_for(name: str, case: str, seed: int = 0):
@@ -278,7 +279,7 @@ def test_resnet20_compacts_to_the_masked_model():
             m.bias.data.uniform_(-1, 1)
     x = torch.randn(2, 3, 8, 8)
     plan = dp.Plan({"re:layer.*conv2": dp.Sparsity(0.5, "channel", multiple_of=8)})
-    coupled = Coupled.from_model(model, x, 0.5, ignore=["fc"], chains=False, multiple_of=8)
+    coupled = coupled_from_model(model, x, 0.5, ignore=["fc"], chains=False, multiple_of=8)
     solver = dp.SLR(model, plan, coupled=coupled, rho=0.1)
     train(model, solver, opt_for(model), data((3, 8, 8), batches=2, size=4), 1)
     masks = solver.hard_prune()
@@ -302,7 +303,7 @@ def test_resnet20_compacts_to_the_masked_model():
 
 def test_errors_name_the_fix():
     model = make()
-    coupled = Coupled.from_model(model, X, 0.5)
+    coupled = coupled_from_model(model, X, 0.5)
     with pytest.raises(PlanError, match="needs a plan, coupled=..., or both"):
         dp.ADMM(model)
     with pytest.raises(PlanError, match="constrains no layer"):

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from dualprune.constraints.groups import channel_groups
 from dualprune.errors import ConfigError
+from dualprune.graph import channel_groups
 from dualprune.size.metrics import dense_macs
 from dualprune.speed.widths import (
     _choices,

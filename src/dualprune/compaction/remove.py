@@ -33,8 +33,8 @@ from dualprune.compaction.result import (
     drop_positions,
     leftover_reasons,
 )
-from dualprune.constraints.groups import channel_groups
 from dualprune.errors import ConfigError, PlanError
+from dualprune.graph import channel_groups
 from dualprune.masks.enforce import EnforcedParam
 from dualprune.masks.masks import Masks
 from dualprune.plan import prunable_layers

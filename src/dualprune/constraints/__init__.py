@@ -14,9 +14,9 @@ from typing import Any
 from dualprune.constraints.base import Constraint, Intersection, kept_count, round_to_multiple
 from dualprune.constraints.coupled import Coupled, is_chain
 from dualprune.constraints.groups import (
+    ROLES,
     ChannelGroup,
     TiedSlice,
-    channel_groups,
     coupled_masks,
     keep_channels,
     project_coupled,
@@ -30,6 +30,7 @@ from dualprune.errors import ConstraintError, UnknownNameError, did_you_mean
 __all__ = [
     "LEVELS",
     "OPTIONS",
+    "ROLES",
     "SCALES",
     "STRUCTURES",
     "SUPPORTS",
@@ -41,7 +42,6 @@ __all__ = [
     "Quantization",
     "Sparsity",
     "TiedSlice",
-    "channel_groups",
     "coupled_masks",
     "default_library",
     "from_dict",

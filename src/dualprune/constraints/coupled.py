@@ -1,10 +1,11 @@
 """Coupled channels as one constraint set S_G over several tensors (docs/constraints.md).
 
-:mod:`~dualprune.constraints.groups` finds the groups of channels that residual
-adds, concatenations and depthwise convs tie together and projects parameter
-dicts onto them. :class:`Coupled` wraps those groups with their ratio into one
-plain description that a solver drives like a per-layer constraint: a set and
-its projection, over a dict of named tensors instead of one tensor.
+:mod:`~dualprune.constraints.groups` describes the groups of channels that
+residual adds, concatenations and depthwise convs tie together (found on a model by
+:func:`dualprune.graph.channel_groups`) and projects parameter dicts onto them.
+:class:`Coupled` wraps those groups with their ratio into one plain description
+that a solver drives like a per-layer constraint: a set and its projection, over
+a dict of named tensors instead of one tensor.
 
 Let G_1 … G_n be the groups, C_g the channels of group g and k_g its kept
 count (k_g = max(1, round((1 − r_g)·C_g)), moved to a multiple of ``multiple_of``
@@ -34,17 +35,16 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from dualprune.constraints.base import check_multiple_of, kept_count, round_to_multiple
 from dualprune.constraints.groups import (
     ChannelGroup,
     TiedSlice,
-    _check_roles,
-    _get,
-    channel_groups,
+    check_roles,
     coupled_masks,
     keep_channels,
+    tied_tensor,
 )
 from dualprune.errors import ConstraintError
 
@@ -69,8 +69,8 @@ class Coupled:
     """Channels tied across layers, removed together: the set S_G (module docstring).
 
     Args:
-        groups: The channel groups (from :func:`~dualprune.constraints.channel_groups`
-            or :meth:`from_model`); at least one.
+        groups: The channel groups (from :func:`dualprune.graph.channel_groups`;
+            :func:`dualprune.graph.coupled_from_model` finds and wraps them); at least one.
         ratio: Fraction of *channels* to remove in [0, 1), one for all groups or
             one per group.
         multiple_of: Every group keeps a positive multiple of this many channels,
@@ -84,8 +84,8 @@ class Coupled:
         UnknownNameError: An unknown role.
 
     Example:
-        >>> coupled = Coupled.from_model(model, torch.randn(2, 3, 32, 32), 0.5,
-        ...                              ignore=["fc"], multiple_of=8)
+        >>> groups = dualprune.graph.channel_groups(model, torch.randn(2, 3, 32, 32))
+        >>> coupled = Coupled(groups, 0.5, multiple_of=8)
         >>> solver = dp.ADMM(model, plan, coupled=coupled)
     """
 
@@ -109,32 +109,7 @@ class Coupled:
         self.groups: tuple[ChannelGroup, ...] = tuple(groups)
         self.ratio: float | tuple[float, ...] = _ratio(ratio, len(groups))
         self.multiple_of = check_multiple_of(multiple_of, "Coupled")
-        self.roles: tuple[str, ...] = _check_roles(roles)
-
-    @classmethod
-    def from_model(
-        cls,
-        model: nn.Module,
-        example_input: Any,
-        ratio: float | Sequence[float],
-        *,
-        ignore: str | Sequence[str] = (),
-        chains: bool = True,
-        multiple_of: int = 1,
-        roles: str | Sequence[str] = ("weight",),
-    ) -> Coupled:
-        """Find the groups of ``model`` (:func:`channel_groups`) and wrap them.
-
-        Args:
-            model, example_input, ignore: As in :func:`channel_groups`.
-            ratio, multiple_of, roles: As in the constructor (one ratio per kept group).
-            chains: Keep the plain chains (:func:`is_chain`); False leaves them to
-                the plan's per-layer constraints.
-        """
-        groups = channel_groups(model, example_input, ignore=ignore)
-        if not chains:
-            groups = [g for g in groups if not is_chain(g)]
-        return cls(groups, ratio, multiple_of=multiple_of, roles=roles)
+        self.roles: tuple[str, ...] = check_roles(roles)
 
     # ---- what it covers -----------------------------------------------------------------
 
@@ -160,7 +135,7 @@ class Coupled:
         """Raise ConstraintError if a tied slice does not fit ``params`` (names and shapes)."""
         for g in self.groups:
             for s in g.slices:
-                _get(params, s, g)
+                tied_tensor(params, s, g)
 
     # ---- the set and its projection -----------------------------------------------------
 
@@ -190,7 +165,7 @@ class Coupled:
         for g, k in zip(self.groups, self.kept(), strict=True):
             alive = torch.zeros(g.channels, dtype=torch.bool)
             for s in g.slices:
-                w = _get(params, s, g).detach()
+                w = tied_tensor(params, s, g).detach()
                 rows = w.transpose(0, s.dim).reshape(w.shape[s.dim], -1) != 0
                 nz = rows.any(1)[torch.tensor(s.index, dtype=torch.long, device=w.device)]
                 alive[torch.tensor(s.channel, dtype=torch.long)[nz.cpu()]] = True

@@ -2,7 +2,7 @@
 
 - :class:`CrossbarSpec`: the crossbar, its cells and converters.
 - :func:`map_model`: the GEMM view of every layer cut into crossbar tiles.
-- :func:`crossbar_plan` (also ``Plan.for_crossbar``): constraints aligned with the tiles.
+- :func:`crossbar_plan`: constraints aligned with the tiles.
 - :func:`cost` / :func:`cost_vs_dense`: energy, area and latency under a named profile.
 - :class:`DeviceNoise`, :func:`program_chip`, :func:`evaluate_on_chips`,
   :func:`read_faults`, :func:`pin_faults`: device non-idealities, Monte-Carlo

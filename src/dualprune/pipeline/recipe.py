@@ -40,6 +40,7 @@ from dualprune.errors import (
     UnknownNameError,
     did_you_mean,
 )
+from dualprune.graph import coupled_from_model
 from dualprune.pipeline.hwstage import HardwareOptions
 from dualprune.plan import Plan
 from dualprune.train.config import TrainConfig, parse
@@ -116,7 +117,7 @@ class CoupledOptions(BaseModel):
     """``plan.coupled``: coupled channels as one set (:class:`dualprune.Coupled`).
 
     The groups are found on the model with an example input of the data set's
-    shape (:func:`dualprune.channel_groups`) before any training.
+    shape (:func:`dualprune.graph.channel_groups`) before any training.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -135,7 +136,7 @@ class CoupledOptions(BaseModel):
 
     def build(self, model: nn.Module, example_input: torch.Tensor) -> Coupled:
         """The :class:`~dualprune.Coupled` set of ``model`` (its groups found now)."""
-        return Coupled.from_model(
+        return coupled_from_model(
             model,
             example_input,
             self.ratio,

@@ -88,7 +88,7 @@ def check_coupled(model: nn.Module, coupled: object) -> Coupled | None:
     if not isinstance(coupled, Coupled):
         raise ConstraintError(
             f"coupled={coupled!r} is not a Coupled set; build one with "
-            "dp.Coupled(channel_groups(model, x), ratio) or Coupled.from_model(...)"
+            "dp.Coupled(dp.channel_groups(model, x), ratio) or dp.coupled_from_model(...)"
         )
     coupled.check(dict(model.named_parameters()))
     return coupled

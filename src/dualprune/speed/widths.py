@@ -6,7 +6,7 @@ can take as long as 16 → 16, and 24 channels run at about half the MACs per
 second of 32. So two plans with the same MACs can differ by 1.5× in measured
 speed. This module picks the widths by measuring them.
 
-Let the model's coupled channel groups (:func:`~dualprune.constraints.groups.channel_groups`)
+Let the model's coupled channel groups (:func:`~dualprune.graph.channel_groups`)
 fall into classes by their channel count C (in a CIFAR ResNet: 16, 32, 64, one
 per stage; the block-internal groups share their stage's class). A candidate
 gives every class c one kept width k_c ∈ {m, 2m, …} ∪ {C_c} (m = ``multiple_of``)
@@ -31,8 +31,9 @@ import torch
 from torch import Tensor, nn
 
 from dualprune.compaction.remove import CompactionWarning, compact
-from dualprune.constraints.groups import ChannelGroup, channel_groups, coupled_masks
+from dualprune.constraints.groups import ChannelGroup, coupled_masks
 from dualprune.errors import ConfigError
+from dualprune.graph import channel_groups
 from dualprune.size.metrics import dense_macs
 from dualprune.speed.latency import compare_latency
 

@@ -19,13 +19,13 @@ from torch import nn
 from dualprune.constraints.groups import (
     ROLES,
     ChannelGroup,
-    channel_groups,
     coupled_masks,
     group_scores,
     keep_channels,
     project_coupled,
 )
 from dualprune.errors import ConstraintError, UnknownNameError
+from dualprune.graph import channel_groups
 from resnets import Block
 
 

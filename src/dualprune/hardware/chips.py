@@ -56,6 +56,7 @@ __all__ = [
     "built_cells",
     "chip_layers",
     "evaluate_on_chips",
+    "mask_tables",
     "program_chip",
 ]
 
@@ -93,7 +94,7 @@ def chip_layers(model: nn.Module, layers: LayerPatterns = None) -> dict[str, nn.
     return {n: m for n, m in found.items() if n in hits}
 
 
-def _tables(
+def mask_tables(
     model: nn.Module, masks: MaskSource, scales: Mapping[str, Tensor] | None
 ) -> tuple[Mapping[str, Tensor], Mapping[str, Tensor]]:
     """(masks, scales) by parameter name, checked against the model's parameters."""
@@ -130,7 +131,7 @@ def built_cells(
         ConfigError: a mask naming no parameter. PlanError: as :func:`chip_layers`.
         ConstraintError: a mask of the wrong shape.
     """
-    keep_by_name, _ = _tables(model, masks, None)
+    keep_by_name, _ = mask_tables(model, masks, None)
     out = {}
     for name, module in chip_layers(model, layers).items():
         key = f"{name}.weight" if name else "weight"
@@ -176,7 +177,7 @@ def _map_model(
     built_only: bool = True,
 ) -> dict[str, _Layer]:
     """Levels, scales and built weights of every chip layer, by parameter name (computed once)."""
-    keep, alphas = _tables(model, masks, scales)
+    keep, alphas = mask_tables(model, masks, scales)
     out = {}
     for name, module in chip_layers(model, layers).items():
         key = f"{name}.weight" if name else "weight"

@@ -24,7 +24,13 @@ from torch import Tensor, nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from dualprune.errors import ConfigError, ConstraintError
-from dualprune.hardware.chips import LayerPatterns, MaskSource, _tables, built_cells, chip_layers
+from dualprune.hardware.chips import (
+    LayerPatterns,
+    MaskSource,
+    built_cells,
+    chip_layers,
+    mask_tables,
+)
 from dualprune.hardware.conductance import (
     cell_shape,
     conductances_to_weights,
@@ -393,7 +399,7 @@ def read_faults(
         ConstraintError: faults of the wrong shape for the spec or the weight.
     """
     _checked(model, faults, spec)
-    keep, alphas = _tables(model, masks, scales)
+    keep, alphas = mask_tables(model, masks, scales)
     reads = {}
     for name, f in faults.items():
         lo, hi = f.stuck_min.cpu(), f.stuck_max.cpu()

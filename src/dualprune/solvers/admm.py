@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from dualprune.constraints import Constraint
 from dualprune.constraints.coupled import Coupled
 from dualprune.plan import Plan
-from dualprune.solvers.base import _rel
+from dualprune.solvers.base import relative_residual
 from dualprune.solvers.penalty import PenaltySolver
 
 __all__ = ["ADMM"]
@@ -112,7 +112,7 @@ class ADMM(PenaltySolver):
             z_old, z = self.Z[n], Z_new[n]
             self.U[n].add_(w - z)
             layers[n] = {
-                "residual": _rel(w - z, w),
+                "residual": relative_residual(w - z, w),
                 "rho": rho_old[n],
                 "dual_residual": float((z - z_old).norm()) * rho_old[n],
             }

@@ -38,7 +38,7 @@ from dualprune.masks.masks import Masks
 from dualprune.plan import Plan, prunable_layers
 from dualprune.solvers.coupled import JointSet
 
-__all__ = ["Solver", "resolve_constraints"]
+__all__ = ["Solver", "relative_residual", "resolve_constraints"]
 
 
 def resolve_constraints(
@@ -264,7 +264,7 @@ class Solver(abc.ABC):
         """||W_t − Z_t||_F / ||W_t||_F per key, Z = the combined projection of W now."""
         W = {k: p.detach() for k, p in self.weights.items()}
         Z = self._final_joint().project(W)
-        return {k: _rel(W[k] - Z[k], W[k]) for k in W}
+        return {k: relative_residual(W[k] - Z[k], W[k]) for k in W}
 
     # ---- state --------------------------------------------------------------------------
 
@@ -357,7 +357,7 @@ class Solver(abc.ABC):
         )
 
 
-def _rel(diff: Tensor, ref: Tensor) -> float:
+def relative_residual(diff: Tensor, ref: Tensor) -> float:
     """||diff||_F / ||ref||_F (0 when both vanish)."""
     num, den = float(diff.norm()), float(ref.norm())
     return num / den if den > 0 else (0.0 if num == 0 else float("inf"))

@@ -44,7 +44,7 @@ from dualprune.constraints import Constraint
 from dualprune.constraints.coupled import Coupled
 from dualprune.errors import ConfigError
 from dualprune.plan import Plan
-from dualprune.solvers.base import _rel
+from dualprune.solvers.base import relative_residual
 from dualprune.solvers.penalty import PenaltySolver
 
 __all__ = ["SLR", "alpha"]
@@ -202,7 +202,9 @@ class SLR(PenaltySolver):
             "conditions": [bool(cond1), bool(cond2)],
             "multipliers_moved": [bool(moved1), bool(moved2)],
             "lagrangian": [L_old, L_new],
-            "layers": {n: {"residual": _rel(W[n] - self.Z[n], W[n]), "rho": rho[n]} for n in W},
+            "layers": {
+                n: {"residual": relative_residual(W[n] - self.Z[n], W[n]), "rho": rho[n]} for n in W
+            },
         }
         if self.coupled is not None:
             record["coupled"] = {"residual": self.joint.residual(W, self.Z)}

@@ -42,7 +42,7 @@ from common import RESULTS, cpu_model, replace_rows  # benchmarks/common.py
 
 import dualprune as dp
 from dualprune import data, models
-from dualprune.solvers import ADMM, SLR, Magnitude
+from dualprune.solvers import ADMM, SLR, Magnitude, RhoSchedule
 from dualprune.train import TrainConfig, evaluate, fit, flush_denormals
 
 PLANS = {
@@ -71,10 +71,10 @@ def make_solver(method: str, model: torch.nn.Module, plan: dp.Plan, args: argpar
     if method == "slr":
         return SLR(
             model, plan, rho=args.rho_slr, M=args.M, r=args.r, s0=args.s0,
-            rho_growth=args.rho_growth_slr,
+            schedule=RhoSchedule(growth=args.rho_growth_slr),
         )  # fmt: skip
     if method == "admm":
-        return ADMM(model, plan, rho=args.rho_admm, rho_growth=args.rho_growth)
+        return ADMM(model, plan, rho=args.rho_admm, schedule=RhoSchedule(growth=args.rho_growth))
     if method == "admm-same-rho":
         return ADMM(model, plan, rho=args.rho_slr)
     if method == "agp":

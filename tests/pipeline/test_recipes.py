@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
+import inspect
 from pathlib import Path
+from typing import Annotated
 
 import pytest
 import yaml
+from annotated_types import Gt
 
+from dualprune import models, solvers
 from dualprune.errors import ConfigError
 from dualprune.pipeline import builtin_recipes, load_recipe, validate
+from dualprune.pipeline import recipe as recipe_module
 from dualprune.pipeline.recipe import ROOT_RECIPES
+from dualprune.solvers.settings import Cadence, Settings, checked
 
 BASE = {
     "model": "lenet5",
@@ -93,3 +101,58 @@ def test_missing_file_and_bad_yaml(tmp_path):
 def test_override_into_a_scalar_is_refused():
     with pytest.raises(ConfigError, match="'model' is not a section"):
         load_recipe("quickstart", **{"model.x": 1})
+
+
+def test_a_new_solver_is_a_subclass_and_one_table_line(monkeypatch):
+    """The recipe schema comes from the solvers' signatures: no edit to pipeline/."""
+
+    class Shrink(solvers.Solver):
+        name = "shrink"
+
+        @checked
+        def __init__(
+            self,
+            model,
+            plan=None,
+            *,
+            coupled=None,
+            strength: Annotated[float, Gt(0)] = 1.0,
+            cadence: Cadence = Cadence(),
+        ) -> None:
+            super().__init__(model, plan, coupled=coupled, cadence=cadence)
+            self.strength = strength
+
+        def _update(self, train_loss):
+            return {}
+
+    monkeypatch.setitem(solvers.SOLVERS, "shrink", Shrink)
+    try:
+        fresh = importlib.reload(recipe_module)
+        raw = {**BASE, "solver": {"name": "shrink", "strength": 2.5, "update_every": 2}}
+        recipe = fresh.validate(raw)
+        model = models.create("lenet5")
+        solver = solvers.create("shrink", model, recipe.build_plan(), **recipe.solver.options())
+        assert isinstance(solver, Shrink) and solver.strength == 2.5
+        assert solver.cadence == Cadence(every=2)
+        with pytest.raises(ConfigError, match="strength"):
+            fresh.validate({**BASE, "solver": {"name": "shrink", "strength": -1.0}})
+        with pytest.raises(ConfigError, match="strength=-1.0 is not allowed; use a float > 0"):
+            Shrink(model, recipe.build_plan(), strength=-1.0)
+    finally:
+        monkeypatch.undo()
+        importlib.reload(recipe_module)
+
+
+def test_solver_settings_have_one_source():
+    """Every recipe default is the constructor's default (or its settings object's)."""
+    for cls in solvers.SOLVERS.values():
+        fields = solvers.options_model(cls).model_fields
+        for p in inspect.signature(cls.__init__).parameters.values():
+            if p.name in ("self", "model", "plan", "coupled"):
+                continue
+            if isinstance(p.default, Settings):
+                for f in dataclasses.fields(p.default):
+                    key = p.default.PREFIX + f.name
+                    assert fields[key].default == getattr(p.default, f.name), (cls, key)
+            else:
+                assert fields[p.name].default == p.default, (cls, p.name)

@@ -12,7 +12,7 @@ import torch
 from solver_helpers import Net, make
 
 from dualprune.constraints import Sparsity
-from dualprune.solvers import ADMM
+from dualprune.solvers import ADMM, RhoSchedule
 
 PLAN = {"conv1": Sparsity(0.5), "conv2": Sparsity(0.5, "filter"), "fc1": Sparsity(0.75)}
 
@@ -64,7 +64,7 @@ def test_updates_with_fixed_rho():
 def test_rho_growth_rescales_u():
     """ρ ×1.3 per update; U ← (U + W − Z)·ρ_old/ρ_new so that ρU (the multiplier) stays put."""
     model = make(Net, dtype=torch.float64)
-    solver = ADMM(model, PLAN, rho={"fc1": 0.2, "*": 1e-3}, rho_growth=1.3)
+    solver = ADMM(model, PLAN, rho={"fc1": 0.2, "*": 1e-3}, schedule=RhoSchedule(growth=1.3))
     for k in range(5):
         rho_old = {n: (0.2 if n == "fc1" else 1e-3) * 1.3**k for n in PLAN}
         assert solver.rho == pytest.approx(rho_old, rel=1e-14)
@@ -89,7 +89,7 @@ def test_rho_growth_rescales_u():
 
 def test_capped_rho_stops_rescaling():
     model = make(Net, dtype=torch.float64)
-    solver = ADMM(model, PLAN, rho=1.0, rho_growth=2.0, rho_max=4.0)
+    solver = ADMM(model, PLAN, rho=1.0, schedule=RhoSchedule(growth=2.0, max=4.0))
     seen = []
     for k in range(5):
         W = nudge(solver, 20 + k)
@@ -107,7 +107,9 @@ def test_capped_rho_stops_rescaling():
 
 def test_warmup_schedule_values():
     model = make(Net)
-    solver = ADMM(model, PLAN, rho=1.0, rho_warmup=4, rho_warmup_from=0.01, rho_growth=1.5)
+    solver = ADMM(
+        model, PLAN, rho=1.0, schedule=RhoSchedule(growth=1.5, warmup=4, warmup_from=0.01)
+    )
     got = [solver.rho_at(k)["fc1"] for k in range(7)]
     want = [0.01, 0.01**0.75, 0.01**0.5, 0.01**0.25, 1.0, 1.5, 2.25]
     assert got == pytest.approx(want, rel=1e-14)

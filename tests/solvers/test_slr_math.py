@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from solver_helpers import Net, make
 
 from dualprune.constraints import Sparsity
-from dualprune.solvers import SLR, alpha
+from dualprune.solvers import SLR, RhoSchedule, alpha
 
 PLAN = {"conv2": Sparsity(0.5, "filter"), "fc1": Sparsity(0.75)}
 RHO = {"conv2": 0.3, "fc1": 0.7}
@@ -85,7 +85,7 @@ class Reference:
 
 def setup(f0: float = 2.0) -> tuple[SLR, Reference]:
     model = make(Net, seed=3, dtype=torch.float64)
-    solver = SLR(model, PLAN, rho=RHO, M=M, r=R, s0=S0, rho_growth=GROWTH)
+    solver = SLR(model, PLAN, rho=RHO, M=M, r=R, s0=S0, schedule=RhoSchedule(growth=GROWTH))
     ref = Reference(solver, f0)
     solver.step(f0)  # f(W⁰) = the first batch's loss
     return solver, ref
@@ -224,7 +224,7 @@ def test_train_loss_without_step_losses():
     With no f(W⁰) known, the first condition compares the penalty terms only.
     """
     model = make(Net, seed=3, dtype=torch.float64)
-    solver = SLR(model, PLAN, rho=RHO, M=M, r=R, s0=S0, rho_growth=GROWTH)
+    solver = SLR(model, PLAN, rho=RHO, M=M, r=R, s0=S0, schedule=RhoSchedule(growth=GROWTH))
     ref = Reference(solver, f0=1.25)
     W = nudge(solver, 7, 0.03)
     expected = ref.update(W, 1.25)

@@ -18,7 +18,7 @@ from dualprune.errors import (
     PlanError,
     UnknownNameError,
 )
-from dualprune.solvers import ADMM, SLR, SOLVERS, Magnitude, RhoSchedule, create
+from dualprune.solvers import ADMM, SLR, SOLVERS, Cadence, Magnitude, RhoSchedule, create
 
 PLAN = {"conv1": Sparsity(0.5), "fc1": Sparsity(0.75)}
 NAN = math.nan
@@ -123,7 +123,7 @@ def test_unknown_solver_name():
         create("adm", make(Net), PLAN)
     with pytest.raises(UnknownNameError, match="known: admm, magnitude, slr"):
         create("sgd", make(Net), PLAN)
-    with pytest.raises(TypeError):  # an option of another solver is a programming error
+    with pytest.raises(ConfigError, match="solver 'admm' has no setting 'M'; settings: rho, "):
         create("admm", make(Net), PLAN, M=300)
 
 
@@ -134,7 +134,7 @@ def test_slr_update_without_any_loss():
     with pytest.raises(ConfigError, match=r"step\(loss\).*update\(train_loss=\.\.\.\)"):
         solver.update()
     assert solver.updates == 0 and solver.history == []
-    batches = SLR(make(Net), PLAN, update_every_batches=2)
+    batches = SLR(make(Net), PLAN, cadence=Cadence(every_batches=2))
     batches.step()
     with pytest.raises(ConfigError, match="SLR needs the training loss"):
         batches.step()

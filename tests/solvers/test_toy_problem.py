@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from dualprune.constraints import Sparsity
-from dualprune.solvers import ADMM, SLR, PenaltySolver
+from dualprune.solvers import ADMM, SLR, PenaltySolver, RhoSchedule
 
 N, M_ROWS, K = 8, 24, 3
 RATIO = 1 - K / N  # keeps round((1 − 0.625)·8) = 3 entries
@@ -106,7 +106,7 @@ def solve(
 
 SOLVERS = {
     "admm": (ADMM, {"rho": 1.0}),
-    "slr": (SLR, {"rho": 0.5, "rho_growth": 1.2, "s0": 0.5, "M": 20.0, "r": 0.1}),
+    "slr": (SLR, {"rho": 0.5, "schedule": RhoSchedule(growth=1.2), "s0": 0.5, "M": 20.0, "r": 0.1}),
 }
 # (seed, noise, hard): on the hard instances magnitude pruning of dense LS is suboptimal
 INSTANCES = [(0, 0.5, False), (3, 1.0, True), (38, 1.0, True)]

@@ -7,12 +7,10 @@
 from dualprune.pipeline.evaluation import evaluate_checkpoint
 from dualprune.pipeline.recipe import (
     DEFAULT_RECIPE,
-    ADMMOptions,
     CoupledOptions,
-    MagnitudeOptions,
     PlanSection,
     Recipe,
-    SLROptions,
+    SolverOptions,
     builtin_recipes,
     load_recipe,
     validate,
@@ -22,13 +20,11 @@ from dualprune.pipeline.stages import RunResult, run
 
 __all__ = [
     "DEFAULT_RECIPE",
-    "ADMMOptions",
     "CoupledOptions",
-    "MagnitudeOptions",
     "PlanSection",
     "Recipe",
     "RunResult",
-    "SLROptions",
+    "SolverOptions",
     "builtin_recipes",
     "evaluate_checkpoint",
     "load_recipe",

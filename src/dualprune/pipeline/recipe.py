@@ -10,7 +10,7 @@ A recipe names the model and data set and the settings of each stage::
     plan:                                          # dualprune.Plan.from_dict form
       layers: {"conv*": {type: sparsity, ratio: 0.8}}
       coupled: {ratio: 0.5, multiple_of: 8, ignore: [fc]}   # optional: coupled channels
-    solver: {name: slr, rho: 0.1, update_every: 1}  # admm | slr | magnitude
+    solver: {name: slr, rho: 0.1, update_every: 1}  # any key of dualprune.solvers.SOLVERS
     compress: {epochs: 4, lr: 0.01, ...}          # training under the solver
     retrain: {epochs: 2, ...}                     # masked retraining (0: none)
     hardware: {crossbar: 128x128, weight_bits: 4, noise: "sigma=0.02", chips: 10}
@@ -25,13 +25,14 @@ import os
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 from torch import nn
 
+from dualprune import solvers
 from dualprune.constraints.coupled import Coupled
 from dualprune.errors import (
     ConfigError,
@@ -47,12 +48,10 @@ from dualprune.train.config import TrainConfig, parse
 
 __all__ = [
     "DEFAULT_RECIPE",
-    "ADMMOptions",
     "CoupledOptions",
-    "MagnitudeOptions",
     "PlanSection",
     "Recipe",
-    "SLROptions",
+    "SolverOptions",
     "builtin_recipes",
     "load_recipe",
 ]
@@ -61,56 +60,11 @@ DEFAULT_RECIPE = "quickstart"
 PLAN_KEYS = ("layers", "exclude", "default", "coupled")  # the keys of a recipe's plan:
 ROOT_RECIPES = Path(__file__).resolve().parents[1] / "recipes"  # also <repo>/recipes
 
-RhoValue = float | dict[str, float]
-
-
-class _Cadence(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    update_every: int = Field(1, ge=1, description="Z/dual step every N epochs")
-    update_every_batches: int | None = Field(
-        None, ge=1, description="Z/dual step every N batches instead"
-    )
-
-    def options(self) -> dict[str, Any]:
-        """Keyword arguments of the solver's constructor."""
-        return self.model_dump(exclude={"name"})
-
-
-class _Rho(_Cadence):
-    rho_growth: float = Field(1.0, ge=1, description="ρ ← γ·ρ per update")
-    rho_warmup: int = Field(0, ge=0, description="updates of a geometric ramp up to ρ")
-    rho_warmup_from: float = Field(0.01, gt=0, le=1, description="the ramp's start, × ρ")
-    rho_max: float | None = Field(None, gt=0, description="cap on ρ")
-
-
-class ADMMOptions(_Rho):
-    """Settings of :class:`dualprune.ADMM` (docs/algorithms.md §1)."""
-
-    name: Literal["admm"]
-    rho: RhoValue = 1e-3
-
-
-class SLROptions(_Rho):
-    """Settings of :class:`dualprune.SLR` (docs/algorithms.md §2)."""
-
-    name: Literal["slr"]
-    rho: RhoValue = 0.1
-    M: float = Field(300.0, gt=1)
-    r: float = Field(0.1, gt=0, lt=1)
-    s0: float = Field(0.01, gt=0)
-
-
-class MagnitudeOptions(_Cadence):
-    """Settings of :class:`dualprune.Magnitude`; ``steps`` defaults to every update."""
-
-    name: Literal["magnitude"]
-    schedule: Literal["oneshot", "iterative", "agp"] = "agp"
-    steps: int | None = Field(None, ge=1, description="default: all updates of the stage")
-    start: int = Field(0, ge=0)
-
-
-SolverOptions = Annotated[ADMMOptions | SLROptions | MagnitudeOptions, Field(discriminator="name")]
+#: One derived model per solver (its constructor's settings, flat), told apart by ``name``.
+SolverOptions = Annotated[
+    Union[tuple(solvers.options_model(cls) for cls in solvers.SOLVERS.values())],  # noqa: UP007
+    Field(discriminator="name"),
+]
 
 
 class CoupledOptions(BaseModel):
@@ -273,7 +227,9 @@ def validate(raw: dict[str, Any], where: str = "recipe") -> Recipe:
         ConfigError: one line naming the bad key and what is allowed.
     """
     if isinstance(raw.get("solver"), dict) and "name" not in raw["solver"]:
-        raise ConfigError(f"{where}: solver.name is missing; use one of admm, slr, magnitude")
+        raise ConfigError(
+            f"{where}: solver.name is missing; use one of {', '.join(solvers.SOLVERS)}"
+        )
     if isinstance(raw.get("plan"), dict):
         for key in raw["plan"]:
             if key not in PLAN_KEYS:

@@ -35,7 +35,7 @@ from dualprune.constraints.coupled import Coupled
 from dualprune.errors import CheckpointError, ConfigError
 from dualprune.masks.masks import Masks
 from dualprune.pipeline.hwstage import hardware_summary
-from dualprune.pipeline.recipe import MagnitudeOptions, Recipe, recipe_yaml
+from dualprune.pipeline.recipe import Recipe, recipe_yaml
 from dualprune.pipeline.runreport import report_run
 from dualprune.plan import prunable_layers
 from dualprune.train import checkpoint as ckpt_io
@@ -208,19 +208,17 @@ def _train_stage(
 def _make_solver(
     recipe: Recipe, model: nn.Module, ds: data.Dataset, coupled: Coupled | None
 ) -> solvers.Solver:
+    """The recipe's solver, told how many Z/dual steps the compress stage will run."""
     assert recipe.solver is not None and recipe.compress is not None
-    options = recipe.solver.options()
-    if isinstance(recipe.solver, MagnitudeOptions) and options["steps"] is None:
-        cfg = recipe.compress
-        n = min(cfg.train_samples or len(ds.train_y), len(ds.train_y))
-        batches = -(-n // cfg.batch_size) * cfg.epochs
-        per = recipe.solver.update_every_batches
-        options["steps"] = max(
-            1, batches // per if per else cfg.epochs // recipe.solver.update_every
-        )
     plan = recipe.build_plan()
     assert plan is not None
-    return solvers.create(recipe.solver.name, model, plan, coupled=coupled, **options)
+    solver = solvers.create(
+        recipe.solver.name, model, plan, coupled=coupled, **recipe.solver.options()
+    )
+    cfg = recipe.compress
+    n = min(cfg.train_samples or len(ds.train_y), len(ds.train_y))
+    solver.expect_updates(solver.cadence.updates(cfg.epochs, -(-n // cfg.batch_size)))
+    return solver
 
 
 def _hard_prune(

@@ -32,7 +32,8 @@ from dualprune.constraints import Constraint
 from dualprune.constraints.coupled import Coupled
 from dualprune.plan import Plan
 from dualprune.solvers.base import relative_residual
-from dualprune.solvers.penalty import PenaltySolver
+from dualprune.solvers.penalty import PenaltySolver, RhoSchedule, RhoValue
+from dualprune.solvers.settings import Cadence, checked
 
 __all__ = ["ADMM"]
 
@@ -48,10 +49,10 @@ class ADMM(PenaltySolver):
         rho: ρ, one float or ``{layer pattern: float}`` (ECCV'18 LeNet-5: 1e-4;
             NEU PyTorch: 1e-3 growing ×1.3 per update; ADMM-NN: ~7e-3 per layer;
             the coupled set is named ``"coupled"``).
-        rho_growth: γ, ρ ← γ·ρ per update (1 = fixed ρ).
-        rho_warmup, rho_warmup_from, rho_max: see :class:`RhoSchedule`.
-        update_every: Z/U step every this many epochs.
-        update_every_batches: Z/U step every this many batches instead.
+        schedule: how ρ changes per update (:class:`RhoSchedule`: growth γ, ρ ← γ·ρ,
+            warm-up, cap; in a recipe ``rho_growth``, ``rho_warmup``, ...).
+        cadence: Z/U step every N epochs or N batches (:class:`Cadence`; in a recipe
+            ``update_every``, ``update_every_batches``).
 
     Example:
         >>> solver = ADMM(model, Plan({"*": Sparsity(0.9)}), rho=1e-3)
@@ -62,32 +63,18 @@ class ADMM(PenaltySolver):
 
     name = "admm"
 
+    @checked
     def __init__(
         self,
         model: nn.Module,
         plan: Plan | Mapping[str, Constraint] | None = None,
         *,
         coupled: Coupled | None = None,
-        rho: float | Mapping[str, float] = 1e-3,
-        rho_growth: float = 1.0,
-        rho_warmup: int = 0,
-        rho_warmup_from: float = 0.01,
-        rho_max: float | None = None,
-        update_every: int = 1,
-        update_every_batches: int | None = None,
+        rho: RhoValue = 1e-3,
+        schedule: RhoSchedule = RhoSchedule(),
+        cadence: Cadence = Cadence(),
     ) -> None:
-        super().__init__(
-            model,
-            plan,
-            coupled=coupled,
-            rho=rho,
-            rho_growth=rho_growth,
-            rho_warmup=rho_warmup,
-            rho_warmup_from=rho_warmup_from,
-            rho_max=rho_max,
-            update_every=update_every,
-            update_every_batches=update_every_batches,
-        )
+        super().__init__(model, plan, coupled=coupled, rho=rho, schedule=schedule, cadence=cadence)
         self.U = {n: torch.zeros_like(z) for n, z in self.Z.items()}
         self._refresh_anchor(self.rho)
 

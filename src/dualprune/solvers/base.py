@@ -37,6 +37,7 @@ from dualprune.errors import CheckpointError, ConfigError, ConstraintError, Plan
 from dualprune.masks.masks import Masks
 from dualprune.plan import Plan, prunable_layers
 from dualprune.solvers.coupled import JointSet
+from dualprune.solvers.settings import Cadence, flat
 
 __all__ = ["Solver", "relative_residual", "resolve_constraints"]
 
@@ -94,12 +95,6 @@ def check_coupled(model: nn.Module, coupled: object) -> Coupled | None:
     return coupled
 
 
-def _positive_int(value: object, key: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{key}={value!r} is not allowed; use an int >= 1")
-    return value
-
-
 class Solver(abc.ABC):
     """Base class: layers, cadence, bookkeeping, hard prune and state.
 
@@ -109,9 +104,8 @@ class Solver(abc.ABC):
             empty when ``coupled`` is given.
         coupled: A :class:`~dualprune.constraints.Coupled` set over tensors tied by
             coupled channels (residual adds, concatenations, depthwise convs).
-        update_every: Z/dual step every this many epochs (calls of :meth:`update`).
-        update_every_batches: If given, a Z/dual step every this many batches
-            (calls of :meth:`step`) instead, and :meth:`update` only counts epochs.
+        cadence: When the Z/dual step runs (:class:`~dualprune.solvers.settings.Cadence`:
+            every N epochs, or every N batches).
 
     Raises:
         PlanError, ConstraintError: the plan or the coupled set does not fit the model,
@@ -127,9 +121,10 @@ class Solver(abc.ABC):
         plan: Plan | Mapping[str, Constraint] | None = None,
         *,
         coupled: Coupled | None = None,
-        update_every: int = 1,
-        update_every_batches: int | None = None,
+        cadence: Cadence = Cadence(),
     ) -> None:
+        if not isinstance(cadence, Cadence):
+            raise ConfigError(f"cadence={cadence!r} is not a Cadence; use Cadence(every=...)")
         self.model = model
         if plan is None and coupled is None:
             raise PlanError("a solver needs a plan, coupled=..., or both; got neither")
@@ -145,12 +140,7 @@ class Solver(abc.ABC):
         for k, p in self.joint.param_of.items():
             owner, _, attr = p.rpartition(".")
             self._owners[k] = (model.get_submodule(owner), attr)
-        self.update_every = _positive_int(update_every, "update_every")
-        self.update_every_batches = (
-            None
-            if update_every_batches is None
-            else _positive_int(update_every_batches, "update_every_batches")
-        )
+        self.cadence = cadence
         self.epochs = 0  # calls of update()
         self.batches = 0  # calls of step()
         self.updates = 0  # Z/dual steps done
@@ -164,6 +154,13 @@ class Solver(abc.ABC):
     @abc.abstractmethod
     def _update(self, train_loss: float | None) -> dict[str, Any]:
         """One Z/dual step; return its diagnostics (plain data)."""
+
+    def expect_updates(self, updates: int) -> None:  # noqa: B027 (most solvers need not know)
+        """Told by a pipeline how many Z/dual steps the stage will run (before the first).
+
+        Solvers whose schedule spans the whole stage (``Magnitude`` without
+        ``steps``) use it; the others ignore it.
+        """
 
     def penalty(self) -> Tensor:
         """The term to add to the loss (0 for solvers without one); graph through W only."""
@@ -192,7 +189,8 @@ class Solver(abc.ABC):
                 self._first_loss = value
             self._loss_sum = self._loss_sum + value
             self._loss_n += 1
-        if self.update_every_batches and self.batches % self.update_every_batches == 0:
+        per = self.cadence.every_batches
+        if per is not None and self.batches % per == 0:
             return self._run_update(None)
         return None
 
@@ -207,7 +205,7 @@ class Solver(abc.ABC):
             The update's diagnostics, or None if no update was due.
         """
         self.epochs += 1
-        if self.update_every_batches is None and self.epochs % self.update_every == 0:
+        if self.cadence.every_batches is None and self.epochs % self.cadence.every == 0:
             return self._run_update(train_loss)
         return None
 
@@ -233,6 +231,10 @@ class Solver(abc.ABC):
     def diagnostics(self) -> dict[str, Any]:
         """The last update's record (empty before the first update)."""
         return self.history[-1] if self.history else {}
+
+    def settings(self) -> dict[str, Any]:
+        """The solver's settings as flat plain data (the keys a recipe uses)."""
+        return flat(self.cadence)
 
     # ---- the end ------------------------------------------------------------------------
 

@@ -25,20 +25,23 @@ constraint too keeps the AND of both masks (:mod:`dualprune.solvers.coupled`).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import torch
+from annotated_types import Ge
 from torch import nn
 
 from dualprune.constraints import Constraint, Intersection
 from dualprune.constraints.coupled import Coupled
-from dualprune.errors import ConfigError, ConstraintError
+from dualprune.errors import ConstraintError
 from dualprune.plan import Plan
 from dualprune.solvers.base import Solver
+from dualprune.solvers.settings import Cadence, checked
 
-__all__ = ["SCHEDULES", "Magnitude", "ratio_at"]
+__all__ = ["DEFAULT_STEPS", "SCHEDULES", "Magnitude", "ratio_at"]
 
 SCHEDULES = ("oneshot", "iterative", "agp")
+DEFAULT_STEPS = 10  # pruning updates when neither steps nor expect_updates() says
 
 
 def ratio_at(schedule: str, target: float, t: int, steps: int) -> float:
@@ -68,9 +71,11 @@ class Magnitude(Solver):
         coupled: A :class:`~dualprune.Coupled` set of coupled channels, or None;
             its channel ratio follows the same schedule.
         schedule: ``"oneshot"``, ``"iterative"`` or ``"agp"``.
-        steps: number of pruning updates over which the ratio reaches its target.
+        steps: number of pruning updates over which the ratio reaches its target;
+            None: all the updates of the stage, as :meth:`expect_updates` is told
+            (``dualprune run`` tells it), else :data:`DEFAULT_STEPS`.
         start: updates to wait before the first pruning update.
-        update_every, update_every_batches: the cadence of updates (as in :class:`Solver`).
+        cadence: when the pruning updates run (:class:`Cadence`, as in :class:`Solver`).
 
     Raises:
         ConfigError: an unknown schedule; steps < 1; start < 0.
@@ -78,38 +83,35 @@ class Magnitude(Solver):
 
     name = "magnitude"
 
+    @checked
     def __init__(
         self,
         model: nn.Module,
         plan: Plan | Mapping[str, Constraint] | None = None,
         *,
         coupled: Coupled | None = None,
-        schedule: str = "agp",
-        steps: int = 10,
-        start: int = 0,
-        update_every: int = 1,
-        update_every_batches: int | None = None,
+        schedule: Literal["oneshot", "iterative", "agp"] = "agp",
+        steps: Annotated[int, Ge(1)] | None = None,
+        start: Annotated[int, Ge(0)] = 0,
+        cadence: Cadence = Cadence(),
     ) -> None:
-        if schedule not in SCHEDULES:
-            raise ConfigError(
-                f"schedule={schedule!r} is not allowed; use one of {', '.join(SCHEDULES)}"
-            )
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ConfigError(f"steps={steps!r} is not allowed; use an int >= 1")
-        if isinstance(start, bool) or not isinstance(start, int) or start < 0:
-            raise ConfigError(f"start={start!r} is not allowed; use an int >= 0")
-        super().__init__(
-            model,
-            plan,
-            coupled=coupled,
-            update_every=update_every,
-            update_every_batches=update_every_batches,
-        )
-        self.schedule, self.steps, self.start = schedule, steps, start
+        super().__init__(model, plan, coupled=coupled, cadence=cadence)
+        self.schedule, self.start = schedule, start
+        self._steps = steps
         self.targets = {n: _sparse_ratio(c) for n, c in self.constraints.items()}
         self.keep: dict[str, torch.Tensor] = {
             n: torch.ones_like(w, dtype=torch.bool) for n, w in self.weights.items()
         }
+
+    @property
+    def steps(self) -> int:
+        """Pruning updates over which the ratio reaches its target (see the class docstring)."""
+        return self._steps if self._steps is not None else DEFAULT_STEPS
+
+    def expect_updates(self, updates: int) -> None:
+        """Without ``steps``, spread the schedule over the ``updates`` the stage will run."""
+        if self._steps is None:
+            self._steps = max(1, updates)
 
     def ratio(self, k: int | None = None) -> float:
         """The schedule's fraction of the target ratio after k updates (default: now)."""
@@ -170,6 +172,5 @@ class Magnitude(Solver):
             "schedule": self.schedule,
             "steps": self.steps,
             "start": self.start,
-            "update_every": self.update_every,
-            "update_every_batches": self.update_every_batches,
+            **super().settings(),
         }

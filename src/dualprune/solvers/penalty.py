@@ -24,10 +24,11 @@ import fnmatch
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
+from typing import Annotated, Any, ClassVar
 
 import torch
+from annotated_types import Ge, Gt, Le
 from torch import Tensor, nn
 
 from dualprune.constraints import Constraint
@@ -35,19 +36,25 @@ from dualprune.constraints.coupled import Coupled
 from dualprune.errors import ConfigError
 from dualprune.plan import Plan
 from dualprune.solvers.base import Solver
+from dualprune.solvers.settings import Cadence, Settings, flat
 
-__all__ = ["COUPLED", "PenaltySolver", "RhoSchedule", "layer_values"]
+__all__ = ["COUPLED", "PenaltySolver", "RhoSchedule", "RhoValue", "layer_values"]
+
+#: ρ: one float for every layer, or ``{layer pattern: float}`` (first match wins).
+RhoValue = float | Mapping[str, float]
 
 #: The name a coupled set goes by in a per-layer ``rho`` mapping.
 COUPLED = "coupled"
 
 
 @dataclass(frozen=True)
-class RhoSchedule:
+class RhoSchedule(Settings):
     """ρ_i(k) = min(ρ_max, ρ_i · factor(k)) after k updates.
 
     factor(k) = warmup_from^(1 − k/warmup) during the first ``warmup`` updates
     (a geometric ramp from ρ·warmup_from up to ρ), then growth^(k − warmup).
+    In a recipe its fields are ``rho_growth``, ``rho_warmup``, ``rho_warmup_from``
+    and ``rho_max``.
 
     Args:
         growth: γ ≥ 1, the factor per update after warm-up (1 = constant ρ;
@@ -55,24 +62,17 @@ class RhoSchedule:
         warmup: number of updates of the ramp (0 = none).
         warmup_from: the ramp's starting fraction of ρ, in (0, 1].
         max: cap on every layer's ρ (None = no cap).
+
+    Raises:
+        ConfigError: a value outside its range (the message names ``rho_<field>``).
     """
 
-    growth: float = 1.0
-    warmup: int = 0
-    warmup_from: float = 0.01
-    max: float | None = None
+    PREFIX: ClassVar[str] = "rho_"
 
-    def __post_init__(self) -> None:
-        if not self.growth >= 1.0:
-            raise ConfigError(f"rho_growth={self.growth!r} is not allowed; use a float >= 1")
-        if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or self.warmup < 0:
-            raise ConfigError(f"rho_warmup={self.warmup!r} is not allowed; use an int >= 0")
-        if not 0 < self.warmup_from <= 1:
-            raise ConfigError(
-                f"rho_warmup_from={self.warmup_from!r} is not allowed; use a fraction in (0, 1]"
-            )
-        if self.max is not None and not self.max > 0:
-            raise ConfigError(f"rho_max={self.max!r} is not allowed; use a float > 0 or None")
+    growth: Annotated[float, Ge(1)] = 1.0
+    warmup: Annotated[int, Ge(0)] = 0
+    warmup_from: Annotated[float, Gt(0), Le(1)] = 0.01
+    max: Annotated[float, Gt(0)] | None = None
 
     def factor(self, k: int) -> float:
         """The multiplier of the base ρ after k updates."""
@@ -144,10 +144,10 @@ class PenaltySolver(Solver):
     """Shared machinery of ADMM and SLR (see the module docstring).
 
     Args:
-        model, plan, coupled, update_every, update_every_batches: as in :class:`Solver`.
+        model, plan, coupled, cadence: as in :class:`Solver`.
         rho: ρ, one float or ``{layer pattern: float}`` (the coupled set's name is
             ``"coupled"``).
-        rho_growth, rho_warmup, rho_warmup_from, rho_max: the :class:`RhoSchedule`.
+        schedule: how ρ changes with the updates (:class:`RhoSchedule`).
     """
 
     def __init__(
@@ -156,22 +156,14 @@ class PenaltySolver(Solver):
         plan: Plan | Mapping[str, Constraint] | None = None,
         *,
         coupled: Coupled | None = None,
-        rho: float | Mapping[str, float],
-        rho_growth: float = 1.0,
-        rho_warmup: int = 0,
-        rho_warmup_from: float = 0.01,
-        rho_max: float | None = None,
-        update_every: int = 1,
-        update_every_batches: int | None = None,
+        rho: RhoValue,
+        schedule: RhoSchedule = RhoSchedule(),
+        cadence: Cadence = Cadence(),
     ) -> None:
-        super().__init__(
-            model,
-            plan,
-            coupled=coupled,
-            update_every=update_every,
-            update_every_batches=update_every_batches,
-        )
-        self.schedule = RhoSchedule(rho_growth, rho_warmup, rho_warmup_from, rho_max)
+        if not isinstance(schedule, RhoSchedule):
+            raise ConfigError(f"schedule={schedule!r} is not a RhoSchedule")
+        super().__init__(model, plan, coupled=coupled, cadence=cadence)
+        self.schedule = schedule
         names = list(self.constraints) + ([COUPLED] if self.coupled is not None else [])
         self.rho_base = layer_values(rho, names, "rho")
         # the ρ entry of every key: its layer's, or the coupled set's for tied-only tensors
@@ -213,9 +205,4 @@ class PenaltySolver(Solver):
 
     def settings(self) -> dict[str, Any]:
         """The solver's settings as plain data (for reports and logs)."""
-        return {
-            "rho": self.rho_base,
-            **{f"rho_{k}": v for k, v in asdict(self.schedule).items()},
-            "update_every": self.update_every,
-            "update_every_batches": self.update_every_batches,
-        }
+        return {"rho": self.rho_base, **super().settings(), **flat(self.schedule)}

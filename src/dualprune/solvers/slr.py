@@ -35,9 +35,10 @@ combined projection of :mod:`dualprune.solvers.coupled`.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Annotated, Any
 
 import torch
+from annotated_types import Gt, Lt
 from torch import Tensor, nn
 
 from dualprune.constraints import Constraint
@@ -45,7 +46,8 @@ from dualprune.constraints.coupled import Coupled
 from dualprune.errors import ConfigError
 from dualprune.plan import Plan
 from dualprune.solvers.base import relative_residual
-from dualprune.solvers.penalty import PenaltySolver
+from dualprune.solvers.penalty import PenaltySolver, RhoSchedule, RhoValue
+from dualprune.solvers.settings import Cadence, checked
 
 __all__ = ["SLR", "alpha"]
 
@@ -71,10 +73,10 @@ class SLR(PenaltySolver):
         M: M > 1 of the α^k rule (released default 300).
         r: 0 < r < 1 of the α^k rule (released default 0.1).
         s0: initial step size s⁰ > 0 (released default 0.01).
-        rho_growth, rho_warmup, rho_warmup_from, rho_max: see :class:`RhoSchedule`
-            (released quantization code: ρ ×1.1 per update).
-        update_every: update every this many epochs (released code: 1).
-        update_every_batches: update every this many batches instead.
+        schedule: how ρ changes per update (:class:`RhoSchedule`; released
+            quantization code: ρ ×1.1 per update; in a recipe ``rho_growth``, ...).
+        cadence: update every N epochs (released code: 1) or N batches
+            (:class:`Cadence`; in a recipe ``update_every``, ``update_every_batches``).
 
     Raises:
         ConfigError: M ≤ 1, r outside (0, 1), s0 ≤ 0, or an update with no
@@ -83,41 +85,21 @@ class SLR(PenaltySolver):
 
     name = "slr"
 
+    @checked
     def __init__(
         self,
         model: nn.Module,
         plan: Plan | Mapping[str, Constraint] | None = None,
         *,
         coupled: Coupled | None = None,
-        rho: float | Mapping[str, float] = 0.1,
-        M: float = 300.0,
-        r: float = 0.1,
-        s0: float = 0.01,
-        rho_growth: float = 1.0,
-        rho_warmup: int = 0,
-        rho_warmup_from: float = 0.01,
-        rho_max: float | None = None,
-        update_every: int = 1,
-        update_every_batches: int | None = None,
+        rho: RhoValue = 0.1,
+        M: Annotated[float, Gt(1)] = 300.0,
+        r: Annotated[float, Gt(0), Lt(1)] = 0.1,
+        s0: Annotated[float, Gt(0)] = 0.01,
+        schedule: RhoSchedule = RhoSchedule(),
+        cadence: Cadence = Cadence(),
     ) -> None:
-        if not M > 1:
-            raise ConfigError(f"M={M!r} is not allowed; use a float > 1 (default 300)")
-        if not 0 < r < 1:
-            raise ConfigError(f"r={r!r} is not allowed; use a float in (0, 1) (default 0.1)")
-        if not s0 > 0:
-            raise ConfigError(f"s0={s0!r} is not allowed; use a float > 0 (default 0.01)")
-        super().__init__(
-            model,
-            plan,
-            coupled=coupled,
-            rho=rho,
-            rho_growth=rho_growth,
-            rho_warmup=rho_warmup,
-            rho_warmup_from=rho_warmup_from,
-            rho_max=rho_max,
-            update_every=update_every,
-            update_every_batches=update_every_batches,
-        )
+        super().__init__(model, plan, coupled=coupled, rho=rho, schedule=schedule, cadence=cadence)
         self.M, self.r, self.s0 = float(M), float(r), float(s0)
         self.Lam = {n: torch.zeros_like(z) for n, z in self.Z.items()}
         self.W_prev = {n: w.detach().clone() for n, w in self.weights.items()}

@@ -25,6 +25,7 @@ from torch import nn
 from dualprune.constraints.coupled import Coupled, is_chain
 from dualprune.constraints.groups import ChannelGroup, TiedSlice
 from dualprune.errors import ConstraintError, UnknownNameError
+from dualprune.plan import layer_of, module_of
 
 __all__ = ["channel_groups", "coupled_from_model"]
 
@@ -101,7 +102,7 @@ def channel_groups(
                     TiedSlice(param, dim, *_dedupe(index, channel), role)
                     for (param, dim), (index, channel, role) in slices.items()
                 ),
-                key=lambda s: (order[s.param.rpartition(".")[0]], s.param.endswith("bias"), s.dim),
+                key=lambda s: (order[module_of(s.param)], s.param.endswith("bias"), s.dim),
             )
         )
         root = _first_producer(tied, root, channels, order)
@@ -116,7 +117,7 @@ def _first_producer(
     the graph's pick, e.g. ``stem`` rather than a shortcut conv; any such layer will do)."""
     identity = tuple(range(channels))
     producers = [
-        s.param[: -len(".weight")]
+        layer_of(s.param)
         for s in slices
         if s.dim == 0 and s.role == "weight" and s.index == identity and s.channel == identity
     ]

@@ -23,18 +23,58 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from torch import nn
+from torch import Tensor, nn
 
 from dualprune.constraints import Constraint, from_dict
 from dualprune.constraints.budget import allocate, sparsity_part
 from dualprune.errors import DualpruneError, PlanError, did_you_mean
 
-__all__ = ["PRUNABLE", "Plan", "prunable_layers"]
+__all__ = [
+    "PRUNABLE",
+    "Plan",
+    "layer_of",
+    "layer_weight",
+    "module_of",
+    "prunable_layers",
+    "weight_key",
+]
 
 #: Module types whose ``weight`` a plan can constrain.
 PRUNABLE = (nn.Conv1d, nn.Conv2d, nn.Linear)
 _KEYS = ("layers", "exclude", "default")
 _SHOWN = 6  # layer names listed in an error message
+
+
+def weight_key(layer: str) -> str:
+    """The parameter name of a layer's constrained weight: ``"conv1"`` → ``"conv1.weight"``.
+
+    Plans name layers (module names); masks, storage, export and hardware name
+    parameters. This and :func:`layer_of` are the one bridge between the two.
+    """
+    return f"{layer}.weight" if layer else "weight"
+
+
+def layer_of(key: str) -> str:
+    """The layer of a weight's parameter name: ``"conv1.weight"`` → ``"conv1"`` (inverse of
+    :func:`weight_key`)."""
+    return key.removesuffix(".weight") if key != "weight" else ""
+
+
+def module_of(param: str) -> str:
+    """The module that owns a parameter: ``"layer1.0.bn1.bias"`` → ``"layer1.0.bn1"``."""
+    return param.rpartition(".")[0]
+
+
+def layer_weight(module: nn.Module) -> Tensor:
+    """``module.weight`` as a Tensor (a prunable layer always has one).
+
+    Raises:
+        PlanError: the module has no weight tensor.
+    """
+    w = getattr(module, "weight", None)
+    if not isinstance(w, Tensor):
+        raise PlanError(f"{type(module).__name__} has no weight tensor to constrain")
+    return w
 
 
 def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
@@ -201,7 +241,7 @@ class Plan:
                 "wins; put the more specific pattern first"
             )
         for name, constraint in resolved.items():
-            constraint.check(layers[name].weight, f"{name}.weight")
+            constraint.check(layer_weight(layers[name]), weight_key(name))
         return resolved
 
     # ---- plain data -------------------------------------------------------------------
@@ -341,7 +381,7 @@ class Plan:
                 "Plan.global_: include/exclude leave no layer to share the budget; "
                 f"layers: {_layer_list(names)}"
             )
-        weights = {n: layers[n].weight.detach() for n in chosen}
+        weights = {n: layer_weight(layers[n]).detach() for n in chosen}
         ratios = allocate(weights, constraint, floor, ceiling)
         with_ratio = constraint.with_ratio  # type: ignore[attr-defined]  # Sparsity, Intersection
         return cls({_exact(n): with_ratio(r) for n, r in ratios.items()})

@@ -91,7 +91,7 @@ VALUE_SETS = [
 ]
 
 
-def weight_of(mask: list[bool]) -> torch.Tensor:
+def layer_weight(mask: list[bool]) -> torch.Tensor:
     return torch.tensor(mask, dtype=torch.float32).reshape(1, -1)
 
 
@@ -102,7 +102,7 @@ def weight_of(mask: list[bool]) -> torch.Tensor:
 @given(masks, st.sampled_from(range(len(VALUE_SETS))))
 def test_the_chosen_code_is_the_cheapest_of_all_codes_and_parameters(mask, which):
     q = VALUE_SETS[which]
-    s = layer_storage(weight_of(mask), q)
+    s = layer_storage(layer_weight(mask), q)
     costs = brute_costs(mask, None if q is None else q.level_values().tolist())
     best = min(costs.values())
     assert s.total_bits - s.scale_bits == best
@@ -132,7 +132,7 @@ def test_the_chosen_code_is_the_cheapest_of_all_codes_and_parameters(mask, which
 @settings(max_examples=40, deadline=None)
 @given(masks)
 def test_compression_ratios_are_consistent(mask):
-    s = layer_storage(weight_of(mask), Quantization(bits=4))
+    s = layer_storage(layer_weight(mask), Quantization(bits=4))
     assert s.ratio == s.dense_bits / s.total_bits
     # never larger than 4-bit dense storage (+ the scale), never smaller than the values alone
     assert sum(mask) * 4 <= s.total_bits - s.scale_bits <= len(mask) * 4

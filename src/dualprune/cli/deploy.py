@@ -22,7 +22,7 @@ def _compacted(art: Any) -> tuple[nn.Module, Any, list[str]]:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         small = compact(art.model, art.random_input(2), art.masks)
-    plan = CompactionResult.from_dict(small.dualprune_compaction)
+    plan = CompactionResult.from_module(small)
     return small, plan, [str(w.message) for w in caught]
 
 

@@ -42,6 +42,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from dualprune.constraints.groups import ChannelGroup
+from dualprune.plan import module_of
 
 __all__ = ["Probe", "Verdict", "decide", "probe"]
 
@@ -140,7 +141,7 @@ def _dependence_model(model: nn.Module, seed: int) -> nn.Module:
             if m.bias is not None:
                 m.bias.zero_()
         elif isinstance(m, _NORMS):
-            if m.running_mean is not None:
+            if m.running_mean is not None and m.running_var is not None:  # both or neither
                 m.running_mean.zero_()
                 m.running_var.fill_(1 - m.eps)
             if m.weight is not None:
@@ -209,7 +210,7 @@ def _decide(
     terms: list[tuple[str, int, Tensor]] = []  # (consumer, channel, contribution to its outputs)
     via = _input_reasons(group, params)
     for s in (s for s in group.slices if s.dim == 1 and s.role == "weight"):
-        name = s.param.rpartition(".")[0]
+        name = module_of(s.param)
         w = params[s.param].detach()
         reads = w.transpose(0, 1).reshape(w.shape[1], -1).ne(0).any(1)  # (in,)
         read = [(p, c) for p, c in zip(s.index, s.channel, strict=True) if bool(reads[p])]
@@ -236,7 +237,7 @@ def _decide(
                 continue  # a zero channel: nothing to fold, padding or not
             elif hi[p] - lo[p] > _SAME * max(1.0, float(hi[p].abs())):
                 blocked[c] = f"input-independent but not the same at every position at '{name}'"
-            elif conv and _zero_padded(module):
+            elif isinstance(module, _CONVS) and _zero_padded(module):
                 blocked[c] = f"its constant output enters zero-padded '{name}' (inexact at borders)"
             else:
                 col = w.select(1, p).double()
@@ -263,11 +264,11 @@ def _input_reasons(group: ChannelGroup, params: Mapping[str, Tensor]) -> dict[in
         rows = w.reshape(w.shape[0], -1).ne(0).any(1).tolist()  # (out,)
         for p, c in zip(s.index, s.channel, strict=True):
             if rows[p] and c not in via:
-                via[c] = s.param.rpartition(".")[0]
+                via[c] = module_of(s.param)
     return via
 
 
-def _zero_padded(conv: nn.Module) -> bool:
+def _zero_padded(conv: nn.Conv1d | nn.Conv2d | nn.Conv3d) -> bool:
     """True when the conv pads with zeros (a constant input is not constant at its borders)."""
     if conv.padding_mode != "zeros":
         return False  # reflect / replicate / circular padding of a constant is that constant

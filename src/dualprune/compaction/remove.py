@@ -28,6 +28,7 @@ from torch.utils._pytree import tree_leaves
 
 from dualprune.compaction.removable import Verdict, decide, probe
 from dualprune.compaction.result import (
+    RESULT_ATTRIBUTE,
     CompactionResult,
     LayerCompaction,
     drop_positions,
@@ -37,7 +38,7 @@ from dualprune.errors import ConfigError, PlanError
 from dualprune.graph import channel_groups
 from dualprune.masks.enforce import EnforcedParam
 from dualprune.masks.masks import Masks
-from dualprune.plan import prunable_layers
+from dualprune.plan import layer_weight, module_of, prunable_layers, weight_key
 from dualprune.size.metrics import dense_macs
 
 __all__ = [
@@ -200,7 +201,8 @@ def _compact(
             if before.get(k) != tuple(v.shape)
         },
     )
-    work.dualprune_compaction = plan.as_dict()
+    # a plain dict: nn.Module.__setattr__ is typed for tensors and modules only
+    setattr(work, RESULT_ATTRIBUTE, plan.as_dict())
     for name, m in work.named_modules():
         m.train(modes.get(name, model.training))
     return work, plan
@@ -242,7 +244,7 @@ def _pruned_entries(model: nn.Module, masks: Masks | None) -> dict[str, Tensor]:
     if masks is not None:
         return {name: ~masks[name].cpu() for name in masks.names}
     return {
-        (f"{name}.weight" if name else "weight"): m.weight.detach().eq(0).cpu()
+        weight_key(name): layer_weight(m).detach().eq(0).cpu()
         for name, m in prunable_layers(model).items()
     }
 
@@ -264,14 +266,15 @@ def _fold(verdicts: list[Verdict], modules: Mapping[str, nn.Module], dg: Any) ->
     names = {m: n for n, m in modules.items()}
     for name, delta in total.items():
         m = modules[name]
-        w = m.weight
-        if m.bias is not None:
-            m.bias.add_(delta.to(device=w.device, dtype=m.bias.dtype))
+        w, bias = layer_weight(m), getattr(m, "bias", None)
+        if isinstance(bias, Tensor):
+            bias.add_(delta.to(device=w.device, dtype=bias.dtype))
             where[name] = "bias"
             continue
-        norm = _only_norm_reader(m, dg)
-        if norm is not None:
-            norm.running_mean.sub_(delta.to(device=w.device, dtype=norm.running_mean.dtype))
+        reader = _only_norm_reader(m, dg)
+        if reader is not None:
+            norm, mean = reader
+            mean.sub_(delta.to(device=w.device, dtype=mean.dtype))
             where[name] = f"running_mean of '{names[norm]}'"
         else:
             m.bias = nn.Parameter(delta.to(device=w.device, dtype=w.dtype))
@@ -279,14 +282,15 @@ def _fold(verdicts: list[Verdict], modules: Mapping[str, nn.Module], dg: Any) ->
     return where
 
 
-def _only_norm_reader(module: nn.Module, dg: Any) -> nn.Module | None:
-    """The BatchNorm (with running statistics) that alone reads ``module``'s output, if any."""
+def _only_norm_reader(module: nn.Module, dg: Any) -> tuple[nn.Module, Tensor] | None:
+    """The BatchNorm (with running statistics) that alone reads ``module``'s output, and its
+    running mean, if any."""
     node = dg.module2node.get(module)
     if node is None or len(node.outputs) != 1:
         return None
     reader = node.outputs[0].module
     if isinstance(reader, _NORMS) and reader.running_mean is not None:
-        return reader
+        return reader, reader.running_mean
     return None
 
 
@@ -342,20 +346,20 @@ def _plan(
     modules = dict(small.named_modules())
     macs_before, macs_after = macs
     names = list(prunable_layers(small))
-    names += [n for n in dict.fromkeys(p.rpartition(".")[0] for p in pruned) if n not in names]
+    names += [n for n in dict.fromkeys(module_of(p) for p in pruned) if n not in names]
     rows = []
     for name in names:
         m = modules[name]
         prefix = f"{name}." if name else ""
-        own = [p for p in pruned if p.rpartition(".")[0] == name]
+        own = [p for p in pruned if module_of(p) == name]
         total = kept = 0
         reasons: list[str] = []
         depthwise = getattr(m, "groups", 1) > 1
-        for p in own:
-            mask = pruned[p]
-            left = drop_positions(mask, removed.get(p, {}))
+        for param in own:
+            mask = pruned[param]
+            left = drop_positions(mask, removed.get(param, {}))
             total, kept = total + int(mask.sum()), kept + int(left.sum())
-            reasons += leftover_reasons(p, mask, removed.get(p, {}), cause, depthwise)
+            reasons += leftover_reasons(param, mask, removed.get(param, {}), cause, depthwise)
         weight = f"{prefix}weight"
         rows.append(
             LayerCompaction(

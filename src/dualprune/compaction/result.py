@@ -19,12 +19,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from dualprune.errors import CheckpointError, ConfigError
 from dualprune.masks.masks import Masks
 
-__all__ = ["CompactionResult", "LayerCompaction", "drop_positions", "leftover_reasons"]
+__all__ = [
+    "RESULT_ATTRIBUTE",
+    "CompactionResult",
+    "LayerCompaction",
+    "drop_positions",
+    "leftover_reasons",
+]
+
+#: The attribute of a compacted module that holds :meth:`CompactionResult.as_dict`.
+RESULT_ATTRIBUTE = "dualprune_compaction"
 
 _OUT = "not in a removable group (a model output, or an ignored layer)"
 _IN = "they read the model input (or channels no removable group covers)"
@@ -200,6 +209,16 @@ class CompactionResult:
                 "CompactionResult.as_dict() output, e.g. a compacted module's dualprune_compaction"
             ) from None
 
+    @classmethod
+    def from_module(cls, module: nn.Module) -> CompactionResult:
+        """The plan a compacted module carries (its ``dualprune_compaction``).
+
+        Raises:
+            AttributeError: ``module`` carries none (it is not from :func:`~dualprune.compact`).
+            CheckpointError: what it carries is no :meth:`as_dict` output.
+        """
+        return cls.from_dict(getattr(module, RESULT_ATTRIBUTE))
+
     def __str__(self) -> str:
         """A table: one line per layer, then why zeros stay, then the totals."""
         head = (
@@ -284,7 +303,8 @@ def leftover_reasons(
     for d, kept in enumerate(keep):
         rest = rest.index_select(d, torch.tensor(kept, dtype=torch.long))
     counts: Counter[str] = Counter()
-    whole_out = rest.reshape(rest.shape[0], -1).all(1) if rest.numel() else torch.zeros(0, bool)
+    empty = torch.zeros(rest.shape[0], dtype=torch.bool)  # no entries: none whole
+    whole_out = rest.reshape(rest.shape[0], -1).all(1) if rest.numel() else empty
     for i in whole_out.nonzero().flatten().tolist():
         counts["output channel|" + cause.get((param, 0, keep[0][i]), _OUT)] += 1
     rest = rest & ~whole_out.view(-1, *[1] * (rest.dim() - 1))

@@ -146,12 +146,12 @@ def grid_fit(
     ref = mag.amax(1) / top  # max|V| / max|ℓ|
     nonzero_level = levels[levels != 0].abs().mean()
     start = mag.sum(1) / (mag > 0).sum(1).clamp(min=1) / (top / 2 if uniform else nonzero_level)
-    like = {"dtype": torch.float64, "device": x.device}
+    f64, dev = torch.float64, x.device
     rel = torch.cat(
         [
-            torch.ones(1, **like),
-            torch.linspace(0.9, 1.1, 201, **like),
-            2.0 ** -torch.linspace(-0.32, 7.0, 64, **like),
+            torch.ones(1, dtype=f64, device=dev),
+            torch.linspace(0.9, 1.1, 201, dtype=f64, device=dev),
+            2.0 ** -torch.linspace(-0.32, 7.0, 64, dtype=f64, device=dev),
         ]
     )
     per_alpha = max(1, rows * mids.numel())  # queries to score one α for every row

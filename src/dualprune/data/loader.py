@@ -127,8 +127,8 @@ class Loader:
             got = f"{x.dtype} {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x)
             raise ConfigError(f"Loader needs uint8 images (N, C, H, W), got {got}")
         if not isinstance(y, torch.Tensor) or y.shape != (x.shape[0],):
-            got = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y)
-            raise ConfigError(f"Loader needs labels of shape ({x.shape[0]},), got {got}")
+            got_y = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y)
+            raise ConfigError(f"Loader needs labels of shape ({x.shape[0]},), got {got_y}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"batch_size={batch_size!r} must be a positive integer")
         channels = x.shape[1]

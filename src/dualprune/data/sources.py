@@ -249,8 +249,10 @@ def _unpack(archive: Path, root: Path, folder: str) -> None:
                 m for m in tar.getmembers() if m.name.split("/")[0] == folder and _within(root, m)
             ]
             # Members were checked above; the "data" filter (where Python has it) checks again.
-            safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
-            tar.extractall(root, members=members, **safe)
+            if hasattr(tarfile, "data_filter"):
+                tar.extractall(root, members=members, filter="data")
+            else:
+                tar.extractall(root, members=members)
     except (tarfile.TarError, EOFError, OSError) as exc:
         raise DataError(
             f"cannot unpack {archive} ({exc}); delete it so it is downloaded again"

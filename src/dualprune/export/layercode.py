@@ -272,11 +272,12 @@ def _parse(
     bad |= (kind == "relative" and not 1 <= param <= 32) or (kind == "rice" and param > 31)
     if bad or (kind == "none" and m != n) or (kind in ("none", "bitmask") and p):
         raise CheckpointError(f"bad sizes in {entry!r}")
-    q = None
+    q: Quantization | None = None
     if entry.get("q") is not None:
-        q = from_dict({"type": "quantization", **entry["q"]})
-        if not isinstance(q, Quantization):
+        c = from_dict({"type": "quantization", **entry["q"]})
+        if not isinstance(c, Quantization):
             raise CheckpointError(f"quantizer {entry['q']!r} is not a quantization")
+        q = c
     return shape, q, kind, param, m, p
 
 

@@ -243,10 +243,10 @@ def _write_quantizer(out: _Out, key: str, q: dict[str, Any]) -> None:
     out.buf.append(_SCALES.index(q.get("scale", "tensor")) | code << 2 | (_BITS if bits else 0))
     if bits:
         out.uint(int(bits))
-    if code == _LIST:
+    if code == _LIST and levels is not None:  # a list: levels is neither None nor a name
         out.uint(len(levels))
         out.buf += struct.pack(f"<{len(levels)}d", *(float(x) for x in levels))
-    elif code == _NAMED:
+    elif code == _NAMED and isinstance(levels, str):  # a name _LEVEL_NAMES lacks
         out.text(levels)
 
 

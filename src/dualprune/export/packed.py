@@ -42,7 +42,7 @@ from dualprune.export.layercode import decode_layer, encode_layer, stream_bytes
 from dualprune.export.manifest import Record, decode_manifest, encode_manifest
 from dualprune.fileio import write_atomic
 from dualprune.masks.masks import Masks
-from dualprune.plan import prunable_layers
+from dualprune.plan import layer_of, layer_weight, prunable_layers, weight_key
 from dualprune.size.storage import ModelStorage, Storage, model_storage
 
 __all__ = ["FORMAT", "PAYLOAD", "PackedInfo", "load_packed", "read_manifest", "save_packed"]
@@ -133,14 +133,10 @@ def _layer_constraints(
     found: dict[str, Constraint | None] = {}
     if masks is not None:
         for key, q in masks.quantizers.items():
-            name = key.removesuffix(".weight") if key != "weight" else ""
-            if name in layers and key == _weight_key(name):
+            name = layer_of(key)
+            if name in layers and key == weight_key(name):
                 found[name] = q
     return found
-
-
-def _weight_key(name: str) -> str:
-    return f"{name}.weight" if name else "weight"
 
 
 def save_packed(
@@ -187,11 +183,11 @@ def save_packed(
     entries: dict[str, tuple[dict[str, Any], torch.dtype]] = {}
     layers: dict[str, Storage] = {}
     for name, module in prunable_layers(model).items():
-        key = _weight_key(name)
+        key, weight = weight_key(name), layer_weight(module)
         data[key], entry, layers[name] = encode_layer(
-            key, module.weight, chosen.get(name), scales.get(key)
+            key, weight, chosen.get(name), scales.get(key)
         )
-        entries[key] = entry, module.weight.dtype
+        entries[key] = entry, weight.dtype
     records: list[Record] = []
     for key, t in model.state_dict().items():
         if key in entries:
@@ -283,7 +279,7 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
     entries, offset = _read(Path(path))
     out: dict[str, dict[str, Any]] = {}
     for r, data in entries:
-        entry = dict(r.layer) if r.layer is not None else {"shape": list(r.shape)}
+        entry: dict[str, Any] = dict(r.layer) if r.layer is not None else {"shape": list(r.shape)}
         entry["dtype"] = str(r.dtype).removeprefix("torch.")
         if r.value is not None:
             entry["value"] = r.value
@@ -331,8 +327,8 @@ def load_packed(
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
-        first = str(err).strip().splitlines()
-        detail = " ".join(line.strip() for line in first[:2])[:200]
+        lines = str(err).strip().splitlines()
+        detail = " ".join(line.strip() for line in lines[:2])[:200]
         raise CheckpointError(
             f"packed file '{path}' does not fit {type(model).__name__}: {detail}"
         ) from None

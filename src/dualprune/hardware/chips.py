@@ -48,7 +48,7 @@ from dualprune.hardware.devices import (
 )
 from dualprune.hardware.spec import CrossbarSpec
 from dualprune.masks.masks import Masks
-from dualprune.plan import prunable_layers
+from dualprune.plan import layer_weight, module_of, prunable_layers, weight_key
 from dualprune.train.loop import evaluate
 
 __all__ = [
@@ -134,8 +134,8 @@ def built_cells(
     keep_by_name, _ = mask_tables(model, masks, None)
     out = {}
     for name, module in chip_layers(model, layers).items():
-        key = f"{name}.weight" if name else "weight"
-        keep = _keep(module.weight, keep_by_name.get(key), key)
+        key = weight_key(name)
+        keep = _keep(layer_weight(module), keep_by_name.get(key), key)
         out[key] = built_weights(keep, spec, int(getattr(module, "groups", 1)))
     return out
 
@@ -180,8 +180,8 @@ def _map_model(
     keep, alphas = mask_tables(model, masks, scales)
     out = {}
     for name, module in chip_layers(model, layers).items():
-        key = f"{name}.weight" if name else "weight"
-        w, m = module.weight.detach(), keep.get(key)
+        key = weight_key(name)
+        w, m = layer_weight(module).detach(), keep.get(key)
         q, alpha = grid_levels(w, spec, alpha=alphas.get(key), mask=m)
         built = None
         if built_only:
@@ -211,7 +211,7 @@ class _ReadNoise:
         self.tiles = column_crossbars(cond.spec, cond.shape[0])
 
     def __call__(self, module: nn.Module, args: Any) -> None:
-        w = module.weight
+        w = layer_weight(module)
         if self.level.device != w.device:
             for key in ("level", "sigma", "ref", "alpha", "tiles", "built"):
                 value = getattr(self, key)
@@ -247,7 +247,7 @@ def _program_mapped(
         with torch.no_grad():
             weight.copy_(value)
         if noise.read > 0:
-            module = chip.get_submodule(key.rpartition(".")[0])
+            module = chip.get_submodule(module_of(key))
             gen = cell_generator(seed, key, "read")
             module.register_forward_pre_hook(_ReadNoise(cells, noise, gen, layer.built))
     return chip

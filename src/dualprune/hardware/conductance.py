@@ -257,7 +257,8 @@ def conductances_to_levels(cond: Conductances) -> Tensor:
     if spec.mapping == "differential":
         level = per[0] - per[1]
     else:
-        ref = (cond.ref - spec.g_min) / dg * float(sig[-1])  # type: ignore[operator]
+        assert cond.ref is not None  # offset mapping always has its reference cells
+        ref = (cond.ref - spec.g_min) / dg * float(sig[-1])
         level = per[0] - ref.index_select(0, column_crossbars(spec, per.shape[1], per.device))
     return torch.round(level * 2.0**_READ_BITS) / 2.0**_READ_BITS
 

@@ -49,7 +49,7 @@ from dualprune.errors import ConfigError, UnknownNameError, did_you_mean
 from dualprune.hardware.mapping import CrossbarReport, LayerMap, TileMap
 from dualprune.hardware.spec import CrossbarSpec
 from dualprune.masks.masks import Masks
-from dualprune.plan import prunable_layers
+from dualprune.plan import layer_weight, prunable_layers, weight_key
 
 __all__ = [
     "LAYOUTS",
@@ -157,7 +157,7 @@ def _needs_layouts(occ: Tensor, br: int, bc: int) -> bool:
 def _map_layer(
     name: str, module: nn.Module, spec: CrossbarSpec, keep: Tensor | None, layout: str
 ) -> LayerMap:
-    w = module.weight.detach()
+    w = layer_weight(module).detach()
     occ = (w != 0) if keep is None else keep.to(device=w.device, dtype=torch.bool)
     groups = int(getattr(module, "groups", 1))
     out = w.shape[0]
@@ -288,14 +288,15 @@ def map_model(
     mvms = _mvm_counts(model, layers, example_input) if example_input is not None else {}
     out = []
     for name, module in layers.items():
-        key = f"{name}.weight" if name else "weight"
+        key = weight_key(name)
+        shape = layer_weight(module).shape
         keep = masks[key] if masks is not None and key in masks else None
         if dense:
-            keep = torch.ones(module.weight.shape, dtype=torch.bool)
-        if keep is not None and tuple(keep.shape) != tuple(module.weight.shape):
+            keep = torch.ones(shape, dtype=torch.bool)
+        if keep is not None and tuple(keep.shape) != tuple(shape):
             raise ConfigError(
                 f"mask of '{key}' has shape {tuple(keep.shape)} but the weight is "
-                f"{tuple(module.weight.shape)}; masks must come from this model"
+                f"{tuple(shape)}; masks must come from this model"
             )
         layer = _map_layer(name, module, spec, keep, layout)
         count = mvms.get(name, 1 if isinstance(module, nn.Linear) else None)

@@ -41,6 +41,7 @@ from dualprune.hardware.conductance import (
 )
 from dualprune.hardware.devices import DeviceNoise, Faults, cell_generator, sample_faults
 from dualprune.hardware.spec import CrossbarSpec
+from dualprune.plan import layer_weight, module_of, weight_key
 
 __all__ = [
     "FaultReads",
@@ -78,8 +79,8 @@ def fault_masks(
     built = built_cells(model, spec, masks, layers) if built_only else {}
     out = {}
     for name, module in chip_layers(model, layers).items():
-        key = f"{name}.weight" if name else "weight"
-        shape = cell_shape(spec, tuple(module.weight.shape))
+        key = weight_key(name)
+        shape = cell_shape(spec, tuple(layer_weight(module).shape))
         f = sample_faults(shape, noise, cell_generator(seed, key, "faults"))
         if key in built:
             f = Faults(f.stuck_min & built[key], f.stuck_max & built[key])
@@ -199,7 +200,7 @@ class PinnedFaults:
             p = params[name]
             pin = _Pin(p, pinned.to(p.device), value.to(device=p.device, dtype=p.dtype))
             pin.impose()
-            module = model.get_submodule(name.rpartition(".")[0])
+            module = model.get_submodule(module_of(name))
             self._handles.append(module.register_forward_pre_hook(pin.pre_forward))
             if p.requires_grad:
                 self._handles.append(p.register_post_accumulate_grad_hook(pin.post_grad))
@@ -323,7 +324,7 @@ class FaultReads:
         for name, fr in reads.items():
             if fr.idx.numel() == 0:
                 continue
-            module = model.get_submodule(name.rpartition(".")[0])
+            module = model.get_submodule(module_of(name))
             self._handles.append(module.register_forward_pre_hook(self._swapper(fr)))
             self._handles.append(module.register_forward_hook(self._restore, prepend=True))
 

@@ -20,7 +20,7 @@ from dualprune.constraints import Constraint, Quantization, Sparsity
 from dualprune.constraints.structures import gemm_shape
 from dualprune.errors import PlanError, UnknownNameError, did_you_mean
 from dualprune.hardware.spec import CrossbarSpec
-from dualprune.plan import Plan, prunable_layers
+from dualprune.plan import Plan, layer_weight, prunable_layers
 
 __all__ = ["CROSSBAR_STRUCTURES", "crossbar_block", "crossbar_plan"]
 
@@ -39,7 +39,7 @@ def crossbar_block(module: nn.Module, spec: CrossbarSpec, name: str = "layer") -
         PlanError: A grouped conv whose per-group outputs C exceed X_c // m and are
             not a multiple of it (no tile of the whole view follows its groups).
     """
-    r, out = gemm_shape(tuple(module.weight.shape))
+    r, out = gemm_shape(tuple(layer_weight(module).shape))
     groups = int(getattr(module, "groups", 1))
     c, bc = out // groups, spec.logical_cols
     if groups > 1 and c > bc and c % bc:

@@ -81,7 +81,9 @@ def read(path: str | os.PathLike[str]) -> dict[str, Any]:
     return {"format": FORMAT, "state": state, "quantizers": specs}
 
 
-def parse(sd: object, origin: str) -> tuple[dict[str, Any], ...]:
+def parse(
+    sd: object, origin: str
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], dict[str, Any]]:
     """Split a masks state dict into (masks, quantizers, scales, latent) by parameter name.
 
     Raises:

@@ -32,6 +32,7 @@ from dualprune.errors import (
 )
 from dualprune.masks import file as maskfile
 from dualprune.masks.enforce import EnforcedParam, LevelGrid
+from dualprune.plan import layer_weight, weight_key
 
 __all__ = ["FORMAT", "Masks"]
 
@@ -187,8 +188,8 @@ class Masks:
                 )
             if not isinstance(c, Constraint):
                 raise ConfigError(f"constraint of '{name}' is {c!r}, not a Constraint")
-            key = f"{name}.weight" if name else "weight"
-            w = modules[name].weight.detach()  # type: ignore[union-attr]
+            key = weight_key(name)
+            w = layer_weight(modules[name]).detach()
             c.check(w, key)
             with torch.no_grad():
                 keep = c.mask(w).to(torch.bool)

@@ -25,7 +25,7 @@ import os
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 import torch
 import yaml
@@ -60,11 +60,20 @@ DEFAULT_RECIPE = "quickstart"
 PLAN_KEYS = ("layers", "exclude", "default", "coupled")  # the keys of a recipe's plan:
 ROOT_RECIPES = Path(__file__).resolve().parents[1] / "recipes"  # also <repo>/recipes
 
-#: One derived model per solver (its constructor's settings, flat), told apart by ``name``.
-SolverOptions = Annotated[
-    Union[tuple(solvers.options_model(cls) for cls in solvers.SOLVERS.values())],  # noqa: UP007
-    Field(discriminator="name"),
-]
+if TYPE_CHECKING:
+    SolverOptions = solvers.settings.SolverOptions
+else:
+    #: One derived model per solver (its constructor's settings, flat), told apart by ``name``.
+    SolverOptions = Annotated[
+        Union[tuple(solvers.options_model(cls) for cls in solvers.SOLVERS.values())],  # noqa: UP007
+        Field(discriminator="name"),
+    ]
+
+Role = Literal["weight", "bias", "norm"]
+
+
+def _weight_role() -> list[Role]:
+    return ["weight"]
 
 
 class CoupledOptions(BaseModel):
@@ -84,8 +93,8 @@ class CoupledOptions(BaseModel):
     chains: bool = Field(
         True, description="include one-producer/one-reader chains (false: leave them to layers)"
     )
-    roles: list[Literal["weight", "bias", "norm"]] = Field(
-        default_factory=lambda: ["weight"], description="tensors whose norms choose the channels"
+    roles: list[Role] = Field(
+        default_factory=_weight_role, description="tensors whose norms choose the channels"
     )
 
     def build(self, model: nn.Module, example_input: torch.Tensor) -> Coupled:

@@ -37,7 +37,7 @@ from dualprune.masks.masks import Masks
 from dualprune.pipeline.hwstage import hardware_summary
 from dualprune.pipeline.recipe import Recipe, recipe_yaml
 from dualprune.pipeline.runreport import report_run
-from dualprune.plan import prunable_layers
+from dualprune.plan import prunable_layers, weight_key
 from dualprune.train import checkpoint as ckpt_io
 from dualprune.train.config import TrainConfig
 from dualprune.train.loop import evaluate, fit
@@ -232,7 +232,7 @@ def _hard_prune(
         return Masks.load(masks_path), dict(json.loads(result_path.read_text()))
     masks = solver.hard_prune()
     result = _eval(model, test_loader)
-    weights = [f"{n}.weight" for n in prunable_layers(model)]
+    weights = [weight_key(n) for n in prunable_layers(model)]
     kept = [masks[n] for n in weights if n in masks]  # conv/linear weights, not BatchNorm
     pruned = sum(int((~m).sum()) for m in kept) / max(sum(m.numel() for m in kept), 1)
     print(

@@ -235,7 +235,7 @@ def _ratio(x: float | None) -> str:
     return "∞" if x is None else f"{x:.3g}×" if x < 1000 else f"{x:,.0f}×"
 
 
-def _table(columns: Sequence[str], rows: list[Sequence[str]], markdown: bool, left: int) -> str:
+def _table(columns: Sequence[str], rows: Sequence[Sequence[str]], markdown: bool, left: int) -> str:
     if markdown:
         head = "| " + " | ".join(columns) + " |"
         sep = "|" + "|".join("---" if i < left else "---:" for i in range(len(columns))) + "|"
@@ -253,8 +253,10 @@ def _table(columns: Sequence[str], rows: list[Sequence[str]], markdown: bool, le
 
 def _rows(stats: list[LayerStats]) -> list[tuple[str, ...]]:
     t = totals(stats)
-    counts = [(s.name, s.kind, "×".join(map(str, s.shape)), s.weights, s.nonzero, s.sparsity,
-               s.macs) for s in stats]  # fmt: skip
+    counts: list[tuple[str, str, str, float, float, float, float]] = [
+        (s.name, s.kind, "×".join(map(str, s.shape)), s.weights, s.nonzero, s.sparsity, s.macs)
+        for s in stats
+    ]
     counts.append(("total", "", "", t["weights"], t["nonzero"], t["sparsity"], t["macs"]))
     return [(a, b, c, f"{w:,}", f"{nz:,}", f"{100 * sp:.1f}%", f"{m:,}")
             for a, b, c, w, nz, sp, m in counts]  # fmt: skip
@@ -274,7 +276,7 @@ def layer_table(stats: list[LayerStats], markdown: bool = False) -> str:
 
 
 def _report_rows(report: Mapping[str, Any]) -> list[tuple[str, ...]]:
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for la in report["layers"]:
         index = la.get("index_kind", "–")
         if index == "relative":

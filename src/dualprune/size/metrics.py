@@ -29,7 +29,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from dualprune.constraints import Constraint
 from dualprune.errors import PlanError, did_you_mean
-from dualprune.plan import prunable_layers
+from dualprune.plan import layer_weight, prunable_layers
 from dualprune.size.storage import Storage, layer_storage, model_storage
 
 __all__ = [
@@ -159,7 +159,7 @@ def layer_stats(
     macs = dense_macs(model, example_input) if example_input is not None else {}
     stats = []
     for name, module in layers.items():
-        w = module.weight
+        w = layer_weight(module)
         nonzero = int((w != 0).sum())
         dense = macs.get(name, 0)
         storage = layer_storage(w, constraints.get(name))
@@ -230,6 +230,6 @@ def model_totals(model: nn.Module, stats: list[LayerStats]) -> dict[str, float]:
     }
 
 
-def compression_ratio(weights: int, nonzero: int) -> float:
+def compression_ratio(weights: float, nonzero: float) -> float:
     """weights / nonzero (∞ when everything is pruned)."""
     return weights / nonzero if nonzero else math.inf

@@ -55,7 +55,7 @@ from dataclasses import asdict, dataclass, field
 from torch import Tensor, nn
 
 from dualprune.constraints import Constraint, Intersection
-from dualprune.plan import prunable_layers
+from dualprune.plan import layer_weight, prunable_layers
 from dualprune.size.indexcodes import (
     MAX_INDEX_BITS,
     MAX_RICE_PARAMETER,
@@ -366,9 +366,10 @@ def model_storage(
     constraints = constraints or {}
     if layers is None:
         layers = {
-            name: layer_storage(m.weight, constraints.get(name)) for name, m in prunable.items()
+            name: layer_storage(layer_weight(m), constraints.get(name))
+            for name, m in prunable.items()
         }
-    weights = {id(m.weight) for m in prunable.values()}
+    weights = {id(layer_weight(m)) for m in prunable.values()}
     seen: set[int] = set()
     other = 0
     for p in model.parameters():

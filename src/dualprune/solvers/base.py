@@ -35,7 +35,7 @@ from dualprune.constraints import Constraint
 from dualprune.constraints.coupled import Coupled
 from dualprune.errors import CheckpointError, ConfigError, ConstraintError, PlanError
 from dualprune.masks.masks import Masks
-from dualprune.plan import Plan, prunable_layers
+from dualprune.plan import Plan, layer_weight, prunable_layers, weight_key
 from dualprune.solvers.coupled import JointSet
 from dualprune.solvers.settings import Cadence, flat
 
@@ -69,7 +69,7 @@ def resolve_constraints(
                 )
             if not isinstance(c, Constraint):
                 raise PlanError(f"layer '{name}': {c!r} is not a Constraint")
-            c.check(layers[name].weight, f"{name}.weight")
+            c.check(layer_weight(layers[name]), weight_key(name))
             constraints[name] = c
     else:
         raise PlanError(f"plan must be a Plan or a dict of layer -> Constraint, got {plan!r}")

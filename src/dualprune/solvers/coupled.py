@@ -41,13 +41,9 @@ from torch import Tensor, nn
 from dualprune.constraints import Constraint
 from dualprune.constraints.coupled import Coupled
 from dualprune.masks.masks import Masks
+from dualprune.plan import weight_key
 
-__all__ = ["JointSet", "weight_name"]
-
-
-def weight_name(layer: str) -> str:
-    """The parameter name of a layer's weight (``"conv1"`` → ``"conv1.weight"``)."""
-    return f"{layer}.weight" if layer else "weight"
+__all__ = ["JointSet"]
 
 
 class JointSet:
@@ -61,7 +57,7 @@ class JointSet:
     def __init__(self, constraints: Mapping[str, Constraint], coupled: Coupled | None) -> None:
         self.constraints = dict(constraints)
         self.coupled = coupled
-        self.param_of: dict[str, str] = {n: weight_name(n) for n in self.constraints}
+        self.param_of: dict[str, str] = {n: weight_key(n) for n in self.constraints}
         self.key_of: dict[str, str] = {p: k for k, p in self.param_of.items()}
         if coupled is not None:
             for p in coupled.params:

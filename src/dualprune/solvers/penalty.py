@@ -21,9 +21,10 @@ with both keeps its layer's ρ).
 from __future__ import annotations
 
 import fnmatch
+import functools
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar
 
@@ -89,6 +90,10 @@ class RhoSchedule(Settings):
         return min(rho, self.max) if self.max is not None else rho
 
 
+def _glob_match(name: str, pattern: str) -> bool:
+    return fnmatch.fnmatchcase(name, pattern)
+
+
 def layer_values(
     value: float | Mapping[str, float], layers: list[str], key: str
 ) -> dict[str, float]:
@@ -107,7 +112,7 @@ def layer_values(
     if not isinstance(value, Mapping):
         v = positive(value, key)
         return dict.fromkeys(layers, v)
-    rules = []
+    rules: list[tuple[str, Callable[[str], object], float]] = []
     for pattern, v in value.items():
         text = str(pattern)
         if text.startswith("re:"):
@@ -117,9 +122,8 @@ def layer_values(
                 raise ConfigError(f"{key} pattern '{text}' is not a valid regex ({err})") from None
             rules.append((text, rx.fullmatch, positive(v, f"{key}['{text}']")))
         else:
-            rules.append(
-                (text, lambda n, t=text: fnmatch.fnmatchcase(n, t), positive(v, f"{key}['{text}']"))
-            )
+            glob = functools.partial(_glob_match, pattern=text)
+            rules.append((text, glob, positive(v, f"{key}['{text}']")))
     out: dict[str, float] = {}
     for name in layers:
         for _, match, v in rules:
@@ -194,7 +198,7 @@ class PenaltySolver(Solver):
         rho = self.rho
         diffs = torch._foreach_sub([w.detach() for w in ws], [self.anchor[n] for n in names])
         torch._foreach_mul_(diffs, [rho[n] for n in names])
-        torch._foreach_add_([w.grad for w in ws], diffs)  # type: ignore[misc]
+        torch._foreach_add_([w.grad for w in ws], diffs)  # type: ignore[misc, arg-type]
 
     def _refresh_anchor(self, rho: Mapping[str, float]) -> None:
         """Recompute A_i for the given ρ_i after a Z/dual step."""

@@ -36,6 +36,7 @@ __all__ = [
     "FIXED",
     "Cadence",
     "Settings",
+    "SolverOptions",
     "check_value",
     "checked",
     "flat",
@@ -108,10 +109,10 @@ def _fits(value: Any, annotation: Any) -> bool:
             return False
         for b in bounds:
             ok = (
-                (isinstance(b, at.Gt) and value > b.gt)
-                or (isinstance(b, at.Ge) and value >= b.ge)
-                or (isinstance(b, at.Lt) and value < b.lt)
-                or (isinstance(b, at.Le) and value <= b.le)
+                (isinstance(b, at.Gt) and value > float(b.gt))  # type: ignore[arg-type]
+                or (isinstance(b, at.Ge) and value >= float(b.ge))  # type: ignore[arg-type]
+                or (isinstance(b, at.Lt) and value < float(b.lt))  # type: ignore[arg-type]
+                or (isinstance(b, at.Le) and value <= float(b.le))  # type: ignore[arg-type]
             )
             if not ok:
                 return False
@@ -254,22 +255,24 @@ def from_flat(cls: type, options: Mapping[str, Any]) -> dict[str, Any]:
     return kwargs
 
 
-class _Options(BaseModel):
-    """Base of the derived recipe models: flat keys, no unknown ones."""
+class SolverOptions(BaseModel):
+    """Base of the derived recipe models (:func:`options_model`): flat keys, none unknown."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
 
     def options(self) -> dict[str, Any]:
         """The flat settings (everything but ``name``)."""
         return self.model_dump(exclude={"name"})
 
 
-def options_model(cls: type) -> type[BaseModel]:
+def options_model(cls: type) -> type[SolverOptions]:
     """The pydantic model of a recipe's ``solver:`` section for ``cls`` (``name`` + flat keys)."""
     fields: dict[str, Any] = {"name": (Literal[cls.name], ...)}  # type: ignore[attr-defined]
     for key, (annotation, default) in _flat_fields(cls).items():
         fields[key] = (annotation, default)
     title = f"{cls.__name__}Options"
-    model: type[BaseModel] = create_model(title, __base__=_Options, **fields)
+    model: type[SolverOptions] = create_model(title, __base__=SolverOptions, **fields)
     model.__doc__ = f"Settings of :class:`dualprune.{cls.__name__}` (derived from its signature)."
     return model

@@ -20,7 +20,7 @@ from torch import nn
 
 from dualprune.errors import ConfigError
 from dualprune.speed.latency import thread_count
-from dualprune.speed.sparse import sparse_layer, unsupported_reason
+from dualprune.speed.sparse import sparse_layer, supported_layer
 from dualprune.speed.sparsify import Timer, layer_timer
 
 __all__ = ["DEFAULT_SPARSITIES", "BreakEven", "break_even_sparsity"]
@@ -80,13 +80,13 @@ class BreakEven:
         return "\n".join(rows)
 
 
-def _layer_from(layer_or_shape: nn.Module | Sequence[int], generator: torch.Generator) -> nn.Module:
+def _layer_from(
+    layer_or_shape: nn.Module | Sequence[int], generator: torch.Generator
+) -> nn.Linear | nn.Conv2d:
     """A fresh dense layer of the given shape (or like the given layer), random normal weights."""
+    layer: nn.Linear | nn.Conv2d
     if isinstance(layer_or_shape, nn.Module):
-        reason = unsupported_reason(layer_or_shape)
-        if reason is not None:
-            raise ConfigError(reason)
-        layer = copy.deepcopy(layer_or_shape).eval()
+        layer = copy.deepcopy(supported_layer(layer_or_shape)).eval()
     else:
         shape = tuple(layer_or_shape)
         if len(shape) not in (2, 4) or any(not isinstance(n, int) or n < 1 for n in shape):
@@ -97,7 +97,7 @@ def _layer_from(layer_or_shape: nn.Module | Sequence[int], generator: torch.Gene
         if len(shape) == 2:
             layer = nn.Linear(shape[1], shape[0]).eval()
         else:
-            layer = nn.Conv2d(shape[1], shape[0], shape[2:]).eval()
+            layer = nn.Conv2d(shape[1], shape[0], (shape[2], shape[3])).eval()
     with torch.no_grad():
         w = layer.weight
         w.copy_(torch.randn(w.shape, generator=generator, dtype=w.dtype) / w[0].numel() ** 0.5)

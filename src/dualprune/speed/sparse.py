@@ -46,6 +46,7 @@ __all__ = [
     "dense_layer",
     "exact_block_size",
     "sparse_layer",
+    "supported_layer",
     "unsupported_reason",
 ]
 
@@ -85,11 +86,12 @@ def _plain(t: Tensor | None) -> Tensor | None:
         return t.detach().clone()
 
 
-def _compress(matrix: Tensor, layout: str, block: int | None) -> tuple[Tensor, Tensor, Tensor]:
-    """(row pointers, column indices, values) of ``matrix`` in CSR or b×b BSR (new tensors)."""
+def _compress(matrix: Tensor, block: int | None) -> tuple[Tensor, Tensor, Tensor]:
+    """(row pointers, column indices, values) of ``matrix`` in CSR (``block`` None) or
+    b×b BSR (new tensors)."""
     with warnings.catch_warnings(), torch.inference_mode(False):
         warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta": known
-        if layout == "csr":
+        if block is None:
             s = matrix.detach().to_sparse_csr()
         else:
             s = matrix.detach().contiguous().to_sparse_bsr((block, block))
@@ -103,6 +105,10 @@ class _SparseMatrix(nn.Module):
     copyable, savable and movable like any other; the sparse tensor the kernel
     needs is built from them on first use and rebuilt when a buffer is replaced.
     """
+
+    crow_indices: Tensor
+    col_indices: Tensor
+    values: Tensor
 
     def __init__(self, matrix: Tensor, layout: str, block: int | None) -> None:
         super().__init__()
@@ -119,7 +125,7 @@ class _SparseMatrix(nn.Module):
         self.layout = layout
         self.block = block if layout == "bsr" else None
         self.matrix_shape = (int(matrix.shape[0]), int(matrix.shape[1]))
-        crow, col, values = _compress(matrix, layout, self.block)
+        crow, col, values = _compress(matrix, self.block)
         self.register_buffer("crow_indices", crow)
         self.register_buffer("col_indices", col)
         self.register_buffer("values", values)
@@ -136,8 +142,7 @@ class _SparseMatrix(nn.Module):
         It shares memory with the buffers (in-place changes show); it is rebuilt
         when a buffer is replaced (``.to()``, assignment).
         """
-        b = self._buffers
-        key = (b["crow_indices"], b["col_indices"], b["values"])
+        key = (self.crow_indices, self.col_indices, self.values)
         c = self._cache
         if c is not None and all(k is m for k, m in zip(c[0], key, strict=True)):
             return c[1]
@@ -189,6 +194,8 @@ class SparseLinear(_SparseMatrix):
     Built with :meth:`from_dense`; outputs equal ``nn.Linear``'s to float rounding.
     """
 
+    bias: Tensor | None
+
     def __init__(
         self,
         weight: Tensor,
@@ -238,6 +245,8 @@ class SparseConv2d(_SparseMatrix):
     dilation and bias follow ``nn.Conv2d``. Built with :meth:`from_dense`.
     """
 
+    bias: Tensor | None
+
     def __init__(self, conv: nn.Conv2d, layout: str = "csr", block: int | None = None) -> None:
         reason = unsupported_reason(conv)
         if reason is not None:
@@ -263,7 +272,8 @@ class SparseConv2d(_SparseMatrix):
         """(left, right, top, bottom) as ``F.pad`` takes them."""
         if self.padding == "valid":
             return (0, 0, 0, 0)
-        if self.padding == "same":  # total d·(k−1), the extra one on the right/bottom
+        if isinstance(self.padding, str):  # "same" (the one other string nn.Conv2d takes):
+            # total d·(k−1), the extra one on the right/bottom
             (kh, kw), (dh, dw) = self.kernel_size, self.dilation
             th, tw = dh * (kh - 1), dw * (kw - 1)
             return (tw // 2, tw - tw // 2, th // 2, th - th // 2)
@@ -306,7 +316,7 @@ class SparseConv2d(_SparseMatrix):
         )
         with torch.no_grad():
             conv.weight.copy_(self.dense_matrix().view_as(conv.weight))
-            if self.bias is not None:
+            if self.bias is not None and conv.bias is not None:  # both or neither
                 conv.bias.copy_(self.bias)
         return conv.to(self.values.device)
 
@@ -338,6 +348,19 @@ def unsupported_reason(module: nn.Module) -> str | None:
     return None
 
 
+def supported_layer(module: nn.Module) -> nn.Linear | nn.Conv2d:
+    """``module`` itself, as the Linear or Conv2d that has a sparse version.
+
+    Raises:
+        ConfigError: it has none (the message is :func:`unsupported_reason`'s).
+    """
+    reason = unsupported_reason(module)
+    if reason is not None:
+        raise ConfigError(reason)
+    assert isinstance(module, (nn.Linear, nn.Conv2d))  # unsupported_reason admits no other
+    return module
+
+
 def sparse_layer(
     module: nn.Module, layout: str = "csr", block: int | None = None
 ) -> SparseLinear | SparseConv2d:
@@ -347,12 +370,10 @@ def sparse_layer(
         ConfigError: the module has no sparse version, or ``layout="bsr"`` on a
             weight whose zeros are not whole square blocks.
     """
-    reason = unsupported_reason(module)
-    if reason is not None:
-        raise ConfigError(reason)
-    if isinstance(module, nn.Linear):
-        return SparseLinear.from_dense(module, layout, block)
-    return SparseConv2d.from_dense(module, layout, block)
+    layer = supported_layer(module)
+    if isinstance(layer, nn.Linear):
+        return SparseLinear.from_dense(layer, layout, block)
+    return SparseConv2d.from_dense(layer, layout, block)
 
 
 def dense_layer(module: SparseLinear | SparseConv2d) -> nn.Linear | nn.Conv2d:

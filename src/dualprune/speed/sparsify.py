@@ -24,6 +24,8 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
+from typing import TypeAlias
 
 import torch
 from torch import Tensor, nn
@@ -52,6 +54,16 @@ WEIGHT_LAYERS = (
     nn.ConvTranspose2d,
     nn.ConvTranspose3d,
 )
+WeightLayer: TypeAlias = (
+    nn.Linear
+    | nn.Conv1d
+    | nn.Conv2d
+    | nn.Conv3d
+    | nn.ConvTranspose1d
+    | nn.ConvTranspose2d
+    | nn.ConvTranspose3d
+)
+"""A module of :data:`WEIGHT_LAYERS`."""
 
 
 def layer_timer(warmup: int = 3, repeats: int = 15, min_time: float = 0.005) -> Timer:
@@ -167,7 +179,7 @@ def _layer_inputs(model: nn.Module, example_input: Tensor) -> dict[str, Tensor]:
     return seen
 
 
-def _candidates(module: nn.Module, layouts: Sequence[str]) -> dict[str, nn.Module]:
+def _candidates(module: WeightLayer, layouts: Sequence[str]) -> dict[str, nn.Module]:
     """Sparse versions of ``module`` to try: CSR, and BSR when the block structure is exact."""
     out: dict[str, nn.Module] = {}
     for layout in layouts:
@@ -188,7 +200,7 @@ def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
 
 def _decide(
     name: str,
-    module: nn.Module,
+    module: WeightLayer,
     x: Tensor | None,
     layouts: Sequence[str],
     timer: Timer,
@@ -197,20 +209,22 @@ def _decide(
 ) -> tuple[LayerDecision, nn.Module | None]:
     """Time one layer dense and sparse; the decision and the sparse module if it wins."""
     w = module.weight
-    base = {
-        "name": name,
-        "kind": type(module).__name__,
-        "weight_shape": tuple(w.shape),
-        "input_shape": None if x is None else tuple(x.shape),
-        "sparsity": float((w == 0).sum()) / w.numel() if w.numel() else 0.0,
-    }
+    sparsity = float((w == 0).sum()) / w.numel() if w.numel() else 0.0
+    base = partial(
+        LayerDecision,
+        name=name,
+        kind=type(module).__name__,
+        weight_shape=tuple(w.shape),
+        input_shape=None if x is None else tuple(x.shape),
+        sparsity=sparsity,
+    )
     reason = unsupported_reason(module)
     if reason is None and x is None:
         reason = "not run by example_input"
-    if reason is None and base["sparsity"] == 0.0:
+    if reason is None and sparsity == 0.0:
         reason = "no zeros"
     if reason is not None or x is None:
-        return LayerDecision(**base, reason=reason or ""), None
+        return base(reason=reason or ""), None
     candidates = _candidates(module, layouts)
     ref = module(x)
     diffs = {k: float((m(x) - ref).abs().max()) for k, m in candidates.items()}
@@ -218,13 +232,12 @@ def _decide(
     good = {k: m for k, m in candidates.items() if diffs[k] <= tolerance * scale}
     if not good:
         worst = max(diffs.values())
-        return LayerDecision(**base, max_abs_diff=worst, reason="sparse output differs"), None
+        return base(max_abs_diff=worst, reason="sparse output differs"), None
     times = timer({"dense": module, **good}, x)
     best = min(good, key=lambda k: times[k])
     dense_ms, sparse_ms = float(times["dense"]), float(times[best])
     swapped = sparse_ms < dense_ms and dense_ms >= min_speedup * sparse_ms
-    decision = LayerDecision(
-        **base,
+    decision = base(
         dense_ms=dense_ms,
         sparse_ms=sparse_ms,
         layout=best,

@@ -34,6 +34,7 @@ from dualprune.compaction.remove import CompactionWarning, compact
 from dualprune.constraints.groups import ChannelGroup, coupled_masks
 from dualprune.errors import ConfigError
 from dualprune.graph import channel_groups
+from dualprune.plan import module_of
 from dualprune.size.metrics import dense_macs
 from dualprune.speed.latency import compare_latency
 
@@ -174,7 +175,7 @@ def _cuts(groups: Sequence[ChannelGroup]) -> dict[str, dict[int, int]]:
     for g in groups:
         for s in g.slices:
             if s.role == "weight":
-                cuts.setdefault(s.param.rpartition(".")[0], {})[s.dim] = g.channels
+                cuts.setdefault(module_of(s.param), {})[s.dim] = g.channels
     return cuts
 
 

@@ -5,7 +5,7 @@ A recipe names the model and data set and the settings of each stage::
     model: lenet5
     dataset: mnist
     out: runs/quickstart
-    pretrained: null            # or a checkpoint.pt / model.safetensors to start from
+    pretrained: null            # or a checkpoint.pt / model.safetensors / zoo:resnet20-cifar10
     pretrain: {epochs: 4, lr: 0.01, ...}          # TrainConfig; omit to skip
     plan:                                          # dualprune.Plan.from_dict form
       layers: {"conv*": {type: sparsity, ratio: 0.8}}
@@ -42,6 +42,7 @@ from dualprune.errors import (
     did_you_mean,
 )
 from dualprune.graph import coupled_from_model
+from dualprune.models import pretrained
 from dualprune.pipeline.hwstage import HardwareOptions
 from dualprune.plan import Plan
 from dualprune.train.config import TrainConfig, parse
@@ -143,7 +144,9 @@ class Recipe(BaseModel):
     num_classes: int | None = Field(None, gt=0, description="default: the data set's")
     data_dir: str | None = None
     out: str = "runs/run"
-    pretrained: str | None = Field(None, description="checkpoint to start from")
+    pretrained: str | None = Field(
+        None, description="checkpoint, model.safetensors or zoo:<name> to start from"
+    )
     pretrain: TrainConfig | None = None
     plan: PlanSection | None = None
     solver: SolverOptions | None = None
@@ -262,6 +265,16 @@ def validate(raw: dict[str, Any], where: str = "recipe") -> Recipe:
         )
     if recipe.pretrain is None and recipe.pretrained is None and recipe.solver is None:
         raise ConfigError(f"{where}: the recipe has no stage; give at least 'pretrain'")
+    if recipe.pretrained and recipe.pretrained.startswith(pretrained.PREFIX):
+        try:
+            item = pretrained.entry(recipe.pretrained)
+        except UnknownNameError as err:
+            raise ConfigError(f"{where}: pretrained: {err}") from None
+        if item.model != recipe.model:
+            raise ConfigError(
+                f"{where}: pretrained: '{recipe.pretrained}' holds {item.model} weights, "
+                f"but the recipe's model is '{recipe.model}'"
+            )
     try:
         recipe.build_plan()
     except (PlanError, ConstraintError, UnknownNameError) as err:

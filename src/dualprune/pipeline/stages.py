@@ -34,6 +34,7 @@ from dualprune import data, models, solvers
 from dualprune.constraints.coupled import Coupled
 from dualprune.errors import CheckpointError, ConfigError
 from dualprune.masks.masks import Masks
+from dualprune.models import pretrained
 from dualprune.pipeline.hwstage import hardware_summary
 from dualprune.pipeline.recipe import Recipe, recipe_yaml
 from dualprune.pipeline.runreport import report_run
@@ -288,7 +289,20 @@ def _test_loader(ds: data.Dataset, cfg: TrainConfig) -> data.Loader:
 
 
 def load_pretrained(model: nn.Module, path: str, name: str) -> None:
-    """Load a dualprune ``checkpoint.pt`` (or run dir) or a ``model.safetensors`` (checked)."""
+    """Load ``zoo:<name>`` weights, a ``checkpoint.pt`` (or run dir) or a ``model.safetensors``.
+
+    Raises:
+        CheckpointError, UnknownNameError: a missing, damaged or mismatched source.
+    """
+    if path.startswith(pretrained.PREFIX):
+        item = pretrained.entry(path)
+        ckpt_io.load_model_state(
+            model,
+            {"model": pretrained.state_dict(path), "model_name": item.model},
+            model_name=name,
+            path=path,
+        )
+        return
     p = Path(path)
     if p.suffix == ".safetensors":
         if not p.is_file():

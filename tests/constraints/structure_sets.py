@@ -3,7 +3,10 @@
 A set is a list of *families*; a family is (groups, k): a list of groups of flat
 weight indices, of which exactly k are kept whole. A support is feasible when, in
 every family, every group is kept whole or dropped whole and exactly k are kept.
-``pattern`` is not of this form and has its own reference.
+``pattern`` is not of this form and has its own reference. :func:`feasible`,
+:func:`support_count` and :func:`best_kept` answer for any structure by name; a
+structure of the table without a reference here fails the property tests with a
+KeyError naming it.
 
 Slow on purpose (plain Python over indices): only for tiny tensors.
 """
@@ -162,3 +165,44 @@ def pattern_brute_best(w: torch.Tensor, library: list[tuple[int, ...]], k_ker: i
         for pick in itertools.combinations(range(len(e)), k_ker):
             best = max(best, sum(per[k] for k in pick))
     return best
+
+
+def centre_library(kernel: tuple[int, ...], p: int) -> list[tuple[int, ...]]:
+    """Every p-entry set of flat kernel positions that holds the centre (odd sizes)."""
+    centre = 0
+    for size in kernel:
+        centre = centre * size + size // 2
+    return [pat for pat in itertools.combinations(range(math.prod(kernel)), p) if centre in pat]
+
+
+def pattern_set(shape: tuple[int, ...], ratio: float, **opt) -> tuple[list[tuple[int, ...]], int]:
+    """(library, k_ker): k_ker = min(kept(kernels, K), kept(ratio, K·kk) // p)."""
+    kernel = tuple(opt.get("kernel", (3, 3)))
+    lib = opt.get("library") or centre_library(kernel, opt.get("p", 4))
+    lib = [tuple(pat) for pat in lib]
+    n_kernels, kk, p = shape[0] * shape[1], math.prod(kernel), len(lib[0])
+    return lib, min(kept(opt.get("kernels", 0.0), n_kernels), kept(ratio, n_kernels * kk) // p)
+
+
+def feasible(structure: str, mask: torch.Tensor, ratio: float, **opt) -> bool:
+    """True when ``mask`` is a support of ``structure``'s set with exact counts."""
+    if structure == "pattern":
+        lib, k_ker = pattern_set(tuple(mask.shape), ratio, **opt)
+        return pattern_in_set(mask, lib, k_ker, len(lib[0]))
+    return in_set(mask, families(structure, tuple(mask.shape), ratio, **opt))
+
+
+def support_count(structure: str, shape: tuple[int, ...], ratio: float, **opt) -> int:
+    """How many candidates :func:`best_kept` enumerates (to skip examples too large)."""
+    if structure == "pattern":
+        lib, k_ker = pattern_set(shape, ratio, **opt)
+        return len(lib) ** (shape[0] * shape[1]) * math.comb(shape[0] * shape[1], k_ker)
+    return math.prod(math.comb(len(g), k) for g, k in families(structure, shape, ratio, **opt))
+
+
+def best_kept(structure: str, w: torch.Tensor, ratio: float, **opt) -> float:
+    """max Σ_{i ∈ support} w_i² over every feasible support, by enumeration (float64)."""
+    if structure == "pattern":
+        lib, k_ker = pattern_set(tuple(w.shape), ratio, **opt)
+        return pattern_brute_best(w, lib, k_ker)
+    return brute_best_joint(w, families(structure, tuple(w.shape), ratio, **opt))

@@ -57,10 +57,11 @@ def test_option_on_a_structure_without_options():
         Sparsity(0.5, "filter", m=4)
 
 
-@pytest.mark.parametrize("value", [0, -1, 2.5, "8", True])
-def test_bad_multiple_of(value):
+@pytest.mark.parametrize("value", [0, -8, 2.5, 2.0, "8", True, None])
+@pytest.mark.parametrize("structure", ["filter", "channel"])
+def test_bad_multiple_of(structure, value):
     with raises(ConstraintError, f"multiple_of={value!r} is not allowed", "a positive int"):
-        Sparsity(0.5, "channel", multiple_of=value)
+        Sparsity(0.5, structure, multiple_of=value)
 
 
 @pytest.mark.parametrize("block", [(0, 4), (4,), "4x4", (2.5, 2), (-1, 3)])

@@ -13,9 +13,10 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from structure_sets import kept, kept_multiple
 
 from dualprune.constraints import ChannelGroup, Coupled, TiedSlice, is_chain
-from dualprune.constraints.groups import ROLES
+from dualprune.constraints.groups import ROLES, coupled_masks
 from dualprune.errors import ConstraintError, UnknownNameError
 from dualprune.solvers.coupled import JointSet
 
@@ -69,7 +70,7 @@ def alive(p: dict[str, torch.Tensor], C: int) -> list[int]:
 CASES = st.tuples(
     st.integers(2, 7),  # C
     st.floats(0.0, 0.95, exclude_max=False),  # ratio
-    st.sampled_from([1, 2, 3]),  # multiple_of
+    st.sampled_from([1, 2, 3, 8]),  # multiple_of
     st.integers(0, 10_000),  # seed
 )
 
@@ -86,6 +87,7 @@ def test_projection_is_feasible_idempotent_and_keeps_exactly_k(case):
     assert set(z) == set(c.params)
     (k,) = c.kept()
     assert len(alive(z, C)) == k
+    assert k == kept_multiple(max(1, kept(ratio, C)), C, m)  # never every channel removed
     assert k % m == 0 or k == C
     assert c.contains(z)
     again = c.project(z)
@@ -197,6 +199,14 @@ def test_bad_arguments_are_one_line_errors(kwargs, match):
     with pytest.raises(ConstraintError, match=match) as info:
         Coupled(group(4), **kwargs)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("bad", [0, -8, 2.0, 8.5, "8", True, None])
+def test_bad_multiple_of_names_the_group(bad):
+    with pytest.raises(
+        ConstraintError, match=r"'a': multiple_of=.* is not allowed; use a positive"
+    ):
+        coupled_masks(params(4, 0), group(4), 0.5, multiple_of=bad)
 
 
 def test_no_groups_unknown_role_and_bad_spec():

@@ -16,6 +16,7 @@ from dualprune.constraints import (
     Sparsity,
     from_dict,
 )
+from dualprune.constraints.registry import GROUPED
 
 OPTS = {
     "block": {"block": (6, 4)},
@@ -147,7 +148,7 @@ def test_with_ratio_copies_structure_and_options():
     assert c.ratio == 0.5
 
 
-@pytest.mark.parametrize("structure", ["irregular", "filter", "channel", "column", "block"])
+@pytest.mark.parametrize("structure", GROUPED)
 def test_group_scores_rank_like_the_projection(structure):
     torch.manual_seed(0)
     w = torch.randn(8, 6, 3, 3, dtype=torch.float64)
@@ -188,7 +189,7 @@ def test_docstring_examples_run():
     import doctest
 
     import dualprune.constraints as package
-    from dualprune.constraints import quantization, sparsity
+    from dualprune.constraints import quantization, registry, sparsity
 
-    for module in (package, quantization, sparsity):
+    for module in (package, quantization, registry, sparsity):
         assert doctest.testmod(module).failed == 0

@@ -23,17 +23,15 @@ from dualprune.constraints.groups import (
 )
 from dualprune.constraints.patterns import default_library, select_patterns
 from dualprune.constraints.quantization import LEVELS, SCALES, Quantization
-from dualprune.constraints.sparsity import OPTIONS, STRUCTURES, SUPPORTS, Sparsity
+from dualprune.constraints.sparsity import STRUCTURES, Sparsity, Structure
 from dualprune.constraints.structures import gemm_shape, gemm_view
 from dualprune.errors import ConstraintError, UnknownNameError, did_you_mean
 
 __all__ = [
     "LEVELS",
-    "OPTIONS",
     "ROLES",
     "SCALES",
     "STRUCTURES",
-    "SUPPORTS",
     "TYPES",
     "ChannelGroup",
     "Constraint",
@@ -41,6 +39,7 @@ __all__ = [
     "Intersection",
     "Quantization",
     "Sparsity",
+    "Structure",
     "TiedSlice",
     "coupled_masks",
     "default_library",

@@ -70,7 +70,9 @@ def default_library(kernel: Sequence[int] = (3, 3), p: int = 4) -> list[Pattern]
     return [tuple(sorted((centre, *rest))) for rest in itertools.combinations(others, p - 1)]
 
 
-def library_tensor(library: Sequence[Sequence[int]], kk: int, device=None) -> Tensor:
+def library_tensor(
+    library: Sequence[Sequence[int]], kk: int, device: torch.device | str | None = None
+) -> Tensor:
     """The library as a (|L|, kk) bool tensor, one row per pattern."""
     lib = torch.zeros(len(library), kk, dtype=torch.bool, device=device)
     for i, pattern in enumerate(library):

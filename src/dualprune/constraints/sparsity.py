@@ -2,81 +2,24 @@
 
 The projections themselves are pure functions in
 :mod:`~dualprune.constraints.structures` and :mod:`~dualprune.constraints.patterns`;
-this module holds the tables that name them and :class:`Sparsity`, which validates
-options and shapes with messages that name the layer.
+:data:`~dualprune.constraints.registry.STRUCTURES` holds one record per structure
+(projection, options, option and shape rules, global groups), and
+:class:`Sparsity` looks its structure's record up, with messages that name the layer.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sized
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from dualprune.constraints import structures as st
-from dualprune.constraints.base import Constraint, check_multiple_of, shape_of, shape_text
-from dualprune.constraints.patterns import pattern_mask, project_pattern
+from dualprune.constraints.base import Constraint, shape_of, shape_text
+from dualprune.constraints.registry import GROUPED, STRUCTURES, Structure, is_ratio
 from dualprune.errors import ConstraintError, UnknownNameError, did_you_mean
 
-__all__ = ["GROUPED", "OPTIONS", "STRUCTURES", "SUPPORTS", "Sparsity"]
-
-#: name → projection function ``(w, ratio, **options) -> Π_S(w)``.
-STRUCTURES: dict[str, Callable[..., Tensor]] = {
-    "irregular": st.project_irregular,
-    "filter": st.project_filter,
-    "channel": st.project_channel,
-    "column": st.project_column,
-    "pattern": project_pattern,
-    "nm": st.project_nm,
-    "block": st.project_block,
-    "tile_rows": st.project_tile_rows,
-    "tile_cols": st.project_tile_cols,
-}
-
-#: name → support function ``(w, ratio, **options) -> bool mask`` of the same projection.
-SUPPORTS: dict[str, Callable[..., Tensor]] = {
-    "irregular": st.irregular_mask,
-    "filter": st.filter_mask,
-    "channel": st.channel_mask,
-    "column": st.column_mask,
-    "pattern": pattern_mask,
-    "nm": st.nm_mask,
-    "block": st.block_mask,
-    "tile_rows": st.tile_rows_mask,
-    "tile_cols": st.tile_cols_mask,
-}
-
-_TILE = (128, 128)  # a 128×128 crossbar, docs/algorithms.md §6
-
-#: name → the options it accepts, with their defaults.
-OPTIONS: dict[str, dict[str, Any]] = {
-    "irregular": {},
-    "filter": {"multiple_of": 1},
-    "channel": {"multiple_of": 1},
-    "column": {},
-    "pattern": {"p": 4, "kernel": (3, 3), "library": None, "kernels": 0.0},
-    "nm": {"n": None, "m": 4},
-    "block": {"block": _TILE},
-    "tile_rows": {"block": _TILE},
-    "tile_cols": {"block": _TILE},
-}
-
-_TILED = ("block", "tile_rows", "tile_cols")
-
-#: Structures whose Π_S keeps the k best of one global list of groups (group_scores).
-GROUPED = ("irregular", "filter", "channel", "column", "block")
-
-
-def _is_int(x: object) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
-def _is_ratio(x: object) -> bool:
-    return (
-        isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and 0 <= x < 1
-    )
+__all__ = ["GROUPED", "STRUCTURES", "Sparsity", "Structure"]
 
 
 class Sparsity(Constraint):
@@ -103,7 +46,7 @@ class Sparsity(Constraint):
     applies: there ``ratio`` is a lower bound and the removed fraction is the
     larger of it and the structure's own, 1 − p/kk or 1 − n/m).
 
-    Options (defaults in :data:`OPTIONS`):
+    Options (defaults in each record's ``options``, :data:`STRUCTURES`):
         pattern: ``p`` entries per pattern (4), ``kernel`` shape ((3, 3)),
             ``library`` (list of patterns as flat kernel positions; default all
             centre-containing ones), ``kernels`` (fraction of kernels removed by
@@ -155,7 +98,7 @@ class Sparsity(Constraint):
             raise UnknownNameError(f"sparsity structure '{structure}' is unknown{known}")
         self.structure = structure
         self.options: dict[str, Any] = {}
-        allowed = OPTIONS[structure]
+        allowed = self._record.options
         for key, value in options.items():
             if key not in allowed:
                 known = ", ".join(allowed) if allowed else "none"
@@ -164,105 +107,32 @@ class Sparsity(Constraint):
                     f"Sparsity({structure}) has no option '{key}'{hint}; allowed options: {known}"
                 )
             self.options[key] = value
-        if not _is_ratio(ratio):
+        if not is_ratio(ratio):
             raise ConstraintError(
                 f"{self._label()}: ratio={ratio!r} is not allowed; the fraction of weights "
                 "removed must be a number in [0, 1)"
             )
         self.ratio = float(ratio)
-        self._normalise()
+        if self._record.normalise is not None:
+            self._record.normalise(self.options, self._label)
 
-    # ---- options ----------------------------------------------------------------------
+    @property
+    def _record(self) -> Structure:
+        return STRUCTURES[self.structure]
 
     def _label(self) -> str:
+        """``Sparsity(nm, n=2, m=4)``: the structure and the options given, for messages."""
         opts = "".join(f", {k}={_plain(v)!r}" for k, v in self.options.items() if k != "library")
-        if "library" in self.options:
-            opts += f", library=<{len(self.options['library'])} patterns>"
+        library = self.options.get("library")
+        if isinstance(library, Sized):
+            opts += f", library=<{len(library)} patterns>"
+        elif "library" in self.options:
+            opts += f", library={library!r}"
         return f"Sparsity({self.structure}{opts})"
 
-    def _bad(self, key: str, value: object, want: str) -> ConstraintError:
-        return ConstraintError(f"{self._label()}: {key}={value!r} is not allowed; use {want}")
-
-    def _normalise(self) -> None:
-        o = self.options
-        if "multiple_of" in o:
-            o["multiple_of"] = check_multiple_of(o["multiple_of"], self._label())
-            if o["multiple_of"] == 1:
-                del o["multiple_of"]  # the default: same set, same to_dict()
-        if "block" in o:
-            b = o["block"]
-            b = (b, b) if _is_int(b) else b
-            if (
-                not isinstance(b, Sequence)
-                or len(b) != 2
-                or not all(_is_int(x) and x >= 1 for x in b)
-            ):
-                raise self._bad("block", o["block"], "(rows, cols), two positive ints")
-            o["block"] = (int(b[0]), int(b[1]))
-        if self.structure == "nm":
-            m = o.get("m", 4)
-            if not _is_int(m) or m < 1:
-                raise self._bad("m", m, "a positive int group size such as 4")
-            n = o.get("n")
-            if n is not None and (not _is_int(n) or not 1 <= n <= m):
-                raise self._bad("n", n, f"an int in [1, m={m}]")
-        if self.structure == "pattern":
-            self._normalise_pattern()
-
-    def _normalise_pattern(self) -> None:
-        o = self.options
-        kernel = o.get("kernel", (3, 3))
-        kernel = (kernel,) if _is_int(kernel) else kernel
-        if (
-            not isinstance(kernel, Sequence)
-            or not kernel
-            or not all(_is_int(x) and x >= 1 for x in kernel)
-        ):
-            raise self._bad("kernel", o["kernel"], "a kernel shape such as (3, 3)")
-        if "kernel" in o:
-            o["kernel"] = tuple(kernel)
-        kk = math.prod(kernel)
-        p = o.get("p")
-        if p is not None and (not _is_int(p) or not 1 <= p <= kk):
-            raise self._bad(
-                "p", p, f"an int in [1, {kk}] (entries of a {shape_text(kernel)} kernel)"
-            )
-        kernels = o.get("kernels", 0.0)
-        if not _is_ratio(kernels):
-            raise self._bad("kernels", kernels, "a fraction of kernels removed in [0, 1)")
-        library = o.get("library")
-        if library is None:
-            if any(d % 2 == 0 for d in kernel):
-                raise self._bad(
-                    "kernel", kernel, "odd sizes for the default (centre) library, or pass library="
-                )
-            return
-        want = "a non-empty list of patterns, each a list of distinct flat kernel positions"
-        if isinstance(library, (str, bytes)) or not isinstance(library, Sequence) or not library:
-            raise self._bad("library", library, want)
-        patterns = []
-        for pat in library:
-            if (
-                isinstance(pat, (str, bytes))
-                or not isinstance(pat, Sequence)
-                or not all(_is_int(i) and 0 <= i < kk for i in pat)
-                or len(set(pat)) != len(pat)
-                or not pat
-            ):
-                raise self._bad("library", pat, f"{want} in [0, {kk})")
-            patterns.append(tuple(sorted(int(i) for i in pat)))
-        sizes = {len(pat) for pat in patterns}
-        size = sizes.pop()
-        if sizes or (p is not None and p != size):
-            raise self._bad("library", library, f"patterns of one size p (p={p or size})")
-        o["library"] = patterns
-
     def _resolved(self) -> dict[str, Any]:
-        """Options with defaults filled in (what the projection functions take)."""
-        out = {**OPTIONS[self.structure], **self.options}
-        if self.structure == "pattern" and out["library"] is not None:
-            out["p"] = len(out["library"][0])
-        return out
+        """Options with defaults filled in (what the record's functions take)."""
+        return {**self._record.options, **self.options}
 
     # ---- the set ----------------------------------------------------------------------
 
@@ -274,43 +144,18 @@ class Sparsity(Constraint):
             raise ConstraintError(
                 f"{where}: it needs a Linear or Conv weight (out, in, *kernel); exclude the layer"
             )
-        o = self._resolved()
-        if self.structure in _TILED:
-            r, c = st.gemm_shape(shape)
-            br, bc = o["block"]
-            if br > r or bc > c:
-                raise ConstraintError(
-                    f"{where}: block {br}×{bc} is larger than its {r}×{c} GEMM view "
-                    f"(in·kernel × out); exclude the layer or use a block of at most {r}×{c}"
-                )
-        if self.structure == "channel" and shape[1] == 1:
-            raise ConstraintError(
-                f"{where}: it has a single input channel (a depthwise conv), so channel "
-                "pruning would keep or remove the whole layer; exclude the layer or use 'filter'"
-            )
-        if self.structure == "nm" and shape[1] % o["m"]:
-            m = o["m"]
-            raise ConstraintError(
-                f"{where}: {shape[1]} inputs is not a multiple of m={m}; exclude the layer "
-                f"or pick m dividing {shape[1]}"
-            )
-        if self.structure == "pattern" and tuple(shape[2:]) != tuple(o["kernel"]):
-            kernel = shape_text(tuple(o["kernel"]))
-            has = f"{shape_text(shape[2:])} kernels" if len(shape) > 2 else "no kernels (Linear)"
-            raise ConstraintError(
-                f"{where}: it has {has} but the pattern library is for {kernel} kernels; "
-                f"exclude the layer or pass kernel= (and library=) matching it"
-            )
+        if self._record.check is not None:
+            self._record.check(shape, self._resolved(), where)
 
     def project(self, w: Tensor) -> Tensor:
         """Π_S(w): a new tensor of w's shape, dtype and device; w is not modified."""
         self.check(w)
-        return STRUCTURES[self.structure](w, self.ratio, **self._resolved())
+        return self._record.project(w, self.ratio, **self._resolved())
 
     def mask(self, w: Tensor) -> Tensor:
         """The support Π_S(w) keeps: exactly the counts of the class docstring (ties included)."""
         self.check(w)
-        return SUPPORTS[self.structure](w, self.ratio, **self._resolved())
+        return self._record.mask(w, self.ratio, **self._resolved())
 
     def with_ratio(self, ratio: float) -> Sparsity:
         """A copy with another ratio (same structure and options)."""
@@ -324,45 +169,24 @@ class Sparsity(Constraint):
         GEMM view's tile grid. Other structures rank groups locally and raise.
         """
         self.check(w)
-        rows = st.score_matrix(w)  # (out, R) in the scoring dtype
-        if self.structure == "irregular":
-            return rows.abs().reshape(-1)
-        if self.structure == "filter":
-            out = (rows * rows).sum(1)
-        elif self.structure == "channel":
-            out = st.column_energy(w).view(w.shape[1], -1).sum(1)
-        elif self.structure == "column":
-            out = st.column_energy(w)
-        elif self.structure == "block":
-            out = st.tile_energy(w, self._resolved()["block"]).reshape(-1)
-        else:
+        scores = self._record.group_scores
+        if scores is None:
             raise ConstraintError(
                 f"{self._label()} has no global group scores (it ranks inside each "
                 f"kernel/group/tile); group_scores works for {', '.join(GROUPED)}"
             )
-        return out.sqrt()
+        return scores(w, **self._resolved())
 
     def group_sizes(self, w: Tensor | torch.Size | tuple[int, ...]) -> Tensor:
         """Weights in each group of :meth:`group_scores`, same order (int64)."""
         shape = shape_of(w)
         self.check(shape)
-        r, c = st.gemm_shape(shape)
-        counts = {
-            "irregular": torch.ones(r * c, dtype=torch.int64),
-            "filter": torch.full((c,), r, dtype=torch.int64),
-            "channel": torch.full((shape[1],), c * math.prod(shape[2:]), dtype=torch.int64),
-            "column": torch.full((r,), c, dtype=torch.int64),
-        }
-        if self.structure in counts:
-            return counts[self.structure]
-        if self.structure == "block":
-            br, bc = self._resolved()["block"]
-            rows = torch.tensor([min(br, r - i) for i in range(0, r, br)])
-            cols = torch.tensor([min(bc, c - j) for j in range(0, c, bc)])
-            return torch.outer(rows, cols).reshape(-1)
-        raise ConstraintError(
-            f"{self._label()} has no global groups; group_sizes works for {', '.join(GROUPED)}"
-        )
+        sizes = self._record.group_sizes
+        if sizes is None:
+            raise ConstraintError(
+                f"{self._label()} has no global groups; group_sizes works for {', '.join(GROUPED)}"
+            )
+        return sizes(shape, **self._resolved())
 
     def to_dict(self) -> dict[str, Any]:
         """``{"type": "sparsity", "ratio": ..., "structure": ..., **options}`` (plain data)."""

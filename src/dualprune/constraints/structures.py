@@ -3,9 +3,10 @@
 Every structure is a pair of pure functions: ``<name>_mask(w, ratio, **options)``
 returns the support that Π_S keeps (a bool tensor of w's shape) and
 ``project_<name>(w, ratio, **options)`` returns Π_S(w) itself (``pattern`` lives in
-:mod:`~dualprune.constraints.patterns`; the tables ``STRUCTURES`` and ``SUPPORTS``
-are in :mod:`~dualprune.constraints.sparsity`). Shapes are assumed valid here;
-:meth:`Sparsity.check` validates them with messages that name the layer.
+:mod:`~dualprune.constraints.patterns`); one line of
+:data:`~dualprune.constraints.registry.STRUCTURES` names the pair, its options and
+its shape rules. Shapes are assumed valid here; :meth:`Sparsity.check` validates
+them with messages that name the layer.
 
 Conventions (docs/algorithms.md §3):
 
@@ -126,7 +127,7 @@ def project_irregular(w: Tensor, ratio: float) -> Tensor:
     w = w.contiguous()
     a = _magnitudes(w)
     t, count = kth_largest(a, k)
-    below = torch.nextafter(t, torch.tensor(-math.inf, dtype=t.dtype))
+    below = torch.nextafter(t, torch.full_like(t, -math.inf))
     out = F.hardshrink(w, float(below)) if float(t) > 0 else w.clone()  # keeps |w| > below
     if float(t) > 0:
         drop_ties(a, out, t, count - k)

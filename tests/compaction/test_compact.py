@@ -463,3 +463,17 @@ def test_ignore_pattern_matching_nothing():
     model = _zoo("lenet5")
     with pytest.raises(UnknownNameError, match="ignore pattern 'conv9' matches no module"):
         compact(model, torch.randn(SHAPES["lenet5"]), ignore=["conv9"])
+
+
+def test_leftover_reasons_when_every_output_channel_went():
+    """All rows removed leaves an empty rest: no reason, and no crash."""
+    from dualprune.compaction.result import leftover_reasons
+
+    pruned = torch.zeros(4, 3, dtype=torch.bool)
+    pruned[:, 1] = True
+    assert leftover_reasons("fc.weight", pruned, {0: [0, 1, 2, 3]}, {}) == []
+    scattered = torch.zeros(4, 3, dtype=torch.bool)
+    scattered[2, 0] = True
+    assert leftover_reasons("fc.weight", scattered, {}, {}) == [
+        "1 entry: not whole output or input channels (irregular, column, block or N:M zeros)"
+    ]

@@ -23,21 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
-CLASSES = (
-    "airplane",
-    "automobile",
-    "bird",
-    "cat",
-    "deer",
-    "dog",
-    "frog",
-    "horse",
-    "ship",
-    "truck",
-)
+from dualprune.data.registry import CIFAR10_CLASSES, CIFAR10_JPEG
+
+CLASSES = CIFAR10_CLASSES
 SPLITS = ("train", "test")
 PER_CLASS = {"train": 5000, "test": 1000}
-FOLDER = "cifar10-jpeg"
+FOLDER = CIFAR10_JPEG
 
 
 def folder_files(root: Path, split: str) -> list[tuple[Path, int]]:

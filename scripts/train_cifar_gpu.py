@@ -56,22 +56,12 @@ from safetensors.torch import save_file
 from torch import nn
 
 from dualprune import models
+from dualprune.data.registry import CIFAR10_CLASSES, STATS
 
-#: The normalisation of ``dualprune.data.STATS["cifar10"]`` (mean, std per channel, [0, 1]).
-CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR10_STD = (0.2470, 0.2435, 0.2616)
-CLASSES = (
-    "airplane",
-    "automobile",
-    "bird",
-    "cat",
-    "deer",
-    "dog",
-    "frog",
-    "horse",
-    "ship",
-    "truck",
-)
+#: The package's own CIFAR-10 normalisation and class order, so the weights evaluate the same
+#: through ``dualprune.data``.
+CIFAR10_MEAN, CIFAR10_STD = STATS["cifar10"]
+CLASSES = CIFAR10_CLASSES
 SPLITS = ("train", "test")
 PAD = 4
 EVAL_BATCH = 1000

@@ -57,3 +57,7 @@ def did_you_mean(name: str, known: list[str] | tuple[str, ...]) -> str:
     close = difflib.get_close_matches(name, list(known), n=1)
     hint = f" (did you mean '{close[0]}'?)" if close else ""
     return f"{hint}; known: {', '.join(sorted(known))}"
+
+
+class DivergedError(DualpruneError, ArithmeticError):
+    """Training produced a non-finite loss or weight; nothing non-finite was saved."""

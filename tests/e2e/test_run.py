@@ -142,3 +142,27 @@ def test_report_run_needs_a_run_directory(tmp_path):
 
     with pytest.raises(CheckpointError, match="not a finished run directory"):
         report_run(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"model": "lenet55"}, "lenet55"),
+        ({"solver": {"name": "slr", "rho": {"conv9*": 0.1, "*": 0.1}}}, "conv9"),
+        ({"pretrained": "missing.safetensors"}, "do not exist"),
+    ],
+    ids=["model-name", "rho-pattern", "pretrained"],
+)
+def test_a_bad_run_fails_before_touching_an_earlier_run(tmp_path, data_root, change, match):
+    """Validation comes before any work: the earlier run's files stay as they were."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "final.json").write_text('{"test_acc": 0.99}\n')
+    (out / "pretrain").mkdir()
+    (out / "pretrain" / "done.json").write_text("{}\n")
+    with pytest.raises(Exception, match=match) as err:
+        run(tiny_recipe(out, data_root, **change), progress=False)
+    assert type(err.value).__module__ == "dualprune.errors"
+    assert (out / "final.json").read_text() == '{"test_acc": 0.99}\n'
+    assert (out / "pretrain" / "done.json").exists()
+    assert sorted(p.name for p in out.iterdir()) == ["final.json", "pretrain"]

@@ -12,9 +12,12 @@ import torch
 from solver_helpers import Net, make
 
 from dualprune.constraints import Sparsity
+from dualprune.plan import weight_key
 from dualprune.solvers import ADMM, RhoSchedule
 
 PLAN = {"conv1": Sparsity(0.5), "conv2": Sparsity(0.5, "filter"), "fc1": Sparsity(0.75)}
+# the solvers' key space: each layer's weight by parameter name
+KEYS = {weight_key(n): c for n, c in PLAN.items()}
 
 
 def nudge(solver: ADMM, seed: int, scale: float = 0.05) -> dict:
@@ -28,8 +31,8 @@ def nudge(solver: ADMM, seed: int, scale: float = 0.05) -> dict:
 def test_initial_state():
     model = make(Net)
     solver = ADMM(model, PLAN)
-    assert solver.rho == dict.fromkeys(PLAN, 1e-3)  # the default ρ
-    for n, c in PLAN.items():
+    assert solver.rho == dict.fromkeys(KEYS, 1e-3)  # the default ρ
+    for n, c in KEYS.items():
         w = solver.weights[n].detach()
         assert torch.equal(solver.Z[n], c.project(w))
         assert torch.equal(solver.U[n], torch.zeros_like(w))
@@ -47,7 +50,7 @@ def test_updates_with_fixed_rho():
         U_old = {n: u.clone() for n, u in solver.U.items()}
         rec = solver.update()
         assert rec["update"] == solver.updates == i + 1
-        for n, c in PLAN.items():
+        for n, c in KEYS.items():
             Z = c.project(W[n] + U_old[n])
             U = U_old[n] + (W[n] - Z)
             assert torch.equal(solver.Z[n], Z)
@@ -58,7 +61,7 @@ def test_updates_with_fixed_rho():
             assert layer["rho"] == rho
             assert layer["residual"] == pytest.approx(float((W[n] - Z).norm() / W[n].norm()))
             assert layer["dual_residual"] == pytest.approx(rho * float((Z - Z_old[n]).norm()))
-        assert solver.rho == {"conv1": 0.01, "conv2": 0.01, "fc1": 0.1}
+        assert solver.rho == {"conv1.weight": 0.01, "conv2.weight": 0.01, "fc1.weight": 0.1}
 
 
 def test_rho_growth_rescales_u():
@@ -66,7 +69,7 @@ def test_rho_growth_rescales_u():
     model = make(Net, dtype=torch.float64)
     solver = ADMM(model, PLAN, rho={"fc1": 0.2, "*": 1e-3}, schedule=RhoSchedule(growth=1.3))
     for k in range(5):
-        rho_old = {n: (0.2 if n == "fc1" else 1e-3) * 1.3**k for n in PLAN}
+        rho_old = {n: (0.2 if n == "fc1.weight" else 1e-3) * 1.3**k for n in KEYS}
         assert solver.rho == pytest.approx(rho_old, rel=1e-14)
         W = nudge(solver, 10 + k)
         U_old = {n: u.clone() for n, u in solver.U.items()}
@@ -74,7 +77,7 @@ def test_rho_growth_rescales_u():
         rho_new = {n: r * 1.3 for n, r in rho_old.items()}
         assert solver.rho == pytest.approx(rho_new, rel=1e-14)
         assert rec["rho"] == pytest.approx(sum(rho_new.values()) / 3, rel=1e-14)
-        for n, c in PLAN.items():
+        for n, c in KEYS.items():
             Z = c.project(W[n] + U_old[n])
             assert torch.equal(solver.Z[n], Z)
             U = (U_old[n] + W[n] - Z) * (rho_old[n] / rho_new[n])
@@ -90,17 +93,18 @@ def test_rho_growth_rescales_u():
 def test_capped_rho_stops_rescaling():
     model = make(Net, dtype=torch.float64)
     solver = ADMM(model, PLAN, rho=1.0, schedule=RhoSchedule(growth=2.0, max=4.0))
+    fc1 = weight_key("fc1")
     seen = []
     for k in range(5):
         W = nudge(solver, 20 + k)
         U_old = {n: u.clone() for n, u in solver.U.items()}
-        rho_old = solver.rho["fc1"]
+        rho_old = solver.rho[fc1]
         solver.update()
-        seen.append(solver.rho["fc1"])
-        Z = solver.Z["fc1"]
-        factor = rho_old / solver.rho["fc1"]
+        seen.append(solver.rho[fc1])
+        Z = solver.Z[fc1]
+        factor = rho_old / solver.rho[fc1]
         torch.testing.assert_close(
-            solver.U["fc1"], (U_old["fc1"] + W["fc1"] - Z) * factor, rtol=1e-14, atol=1e-16
+            solver.U[fc1], (U_old[fc1] + W[fc1] - Z) * factor, rtol=1e-14, atol=1e-16
         )
     assert seen == [2.0, 4.0, 4.0, 4.0, 4.0]
 
@@ -110,22 +114,22 @@ def test_warmup_schedule_values():
     solver = ADMM(
         model, PLAN, rho=1.0, schedule=RhoSchedule(growth=1.5, warmup=4, warmup_from=0.01)
     )
-    got = [solver.rho_at(k)["fc1"] for k in range(7)]
+    got = [solver.rho_at(k)["fc1.weight"] for k in range(7)]
     want = [0.01, 0.01**0.75, 0.01**0.5, 0.01**0.25, 1.0, 1.5, 2.25]
     assert got == pytest.approx(want, rel=1e-14)
     for k in range(3):
-        assert solver.rho["fc1"] == pytest.approx(want[k], rel=1e-14)
+        assert solver.rho["fc1.weight"] == pytest.approx(want[k], rel=1e-14)
         solver.update()
 
 
 def test_per_layer_rho_patterns():
     model = make(Net)
     first_wins = ADMM(model, PLAN, rho={"fc1": 5.0, "conv2": 3.0, "*": 0.1})
-    assert first_wins.rho == {"conv1": 0.1, "conv2": 3.0, "fc1": 5.0}
+    assert first_wins.rho == {"conv1.weight": 0.1, "conv2.weight": 3.0, "fc1.weight": 5.0}
     regex = ADMM(model, PLAN, rho={"re:conv[12]": 0.5, "f*": 2.0})
-    assert regex.rho == {"conv1": 0.5, "conv2": 0.5, "fc1": 2.0}
+    assert regex.rho == {"conv1.weight": 0.5, "conv2.weight": 0.5, "fc1.weight": 2.0}
     earlier = ADMM(model, PLAN, rho={"*": 0.1, "fc1": 5.0})  # "*" matches first: fc1 gets 0.1
-    assert earlier.rho == dict.fromkeys(PLAN, 0.1)
+    assert earlier.rho == dict.fromkeys(KEYS, 0.1)
 
 
 def test_penalty_is_the_squared_norm_and_regularize_its_gradient():
@@ -137,7 +141,8 @@ def test_penalty_is_the_squared_norm_and_regularize_its_gradient():
     solver.update()
     nudge(solver, 31)
     W = {n: w.detach() for n, w in solver.weights.items()}
-    want = sum(rho[n] / 2 * float(((W[n] - solver.Z[n] + solver.U[n]) ** 2).sum()) for n in PLAN)
+    rho_of = {weight_key(n): r for n, r in rho.items()}  # the patterns name layers
+    want = sum(rho_of[n] / 2 * float(((W[n] - solver.Z[n] + solver.U[n]) ** 2).sum()) for n in KEYS)
     p = solver.penalty()
     assert float(p.detach()) == pytest.approx(want, rel=1e-13)
     model.zero_grad(set_to_none=True)
@@ -145,8 +150,8 @@ def test_penalty_is_the_squared_norm_and_regularize_its_gradient():
     autograd = {n: w.grad.clone() for n, w in solver.weights.items()}
     model.zero_grad(set_to_none=True)
     solver.regularize()
-    for n in PLAN:
-        expected = rho[n] * (W[n] - solver.Z[n] + solver.U[n])
+    for n in KEYS:
+        expected = rho_of[n] * (W[n] - solver.Z[n] + solver.U[n])
         torch.testing.assert_close(solver.weights[n].grad, expected, rtol=1e-13, atol=1e-16)
         torch.testing.assert_close(autograd[n], expected, rtol=1e-13, atol=1e-16)
     # layers outside the plan get no gradient from either hook

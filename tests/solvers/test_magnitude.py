@@ -9,10 +9,13 @@ from hypothesis import strategies as st
 from solver_helpers import Net, WideNet, data, make, train
 
 from dualprune.constraints import Quantization, Sparsity, kept_count
+from dualprune.plan import weight_key
 from dualprune.solvers import Magnitude
 from dualprune.solvers.magnitude import ratio_at
 
 PLAN = {"conv1": Sparsity(0.5), "conv2": Sparsity(0.75, "filter"), "fc1": Sparsity(0.9)}
+# the solver's key space: each layer's weight by parameter name
+KEYS = {weight_key(n): c for n, c in PLAN.items()}
 BATCHES = data((2, 8, 8))
 
 
@@ -55,13 +58,13 @@ def test_each_update_prunes_to_the_scheduled_ratio(schedule):
         assert solver.ratio() == pytest.approx(fraction)
         w = model.conv1.weight.detach()
         kept = kept_count(0.5 * fraction, w.numel())
-        assert int(solver.keep["conv1"].sum()) == kept
-        assert rec["layers"]["conv1"]["sparsity"] == pytest.approx(1 - kept / w.numel())
+        assert int(solver.keep["conv1.weight"].sum()) == kept
+        assert rec["layers"]["conv1.weight"]["sparsity"] == pytest.approx(1 - kept / w.numel())
         filters = kept_count(0.75 * fraction, 8)
-        assert int(solver.keep["conv2"].flatten(1).all(1).sum()) == filters
-        assert int(solver.keep["conv2"].flatten(1).any(1).sum()) == filters
+        assert int(solver.keep["conv2.weight"].flatten(1).all(1).sum()) == filters
+        assert int(solver.keep["conv2.weight"].flatten(1).any(1).sum()) == filters
         kept_fc = kept_count(0.9 * fraction, model.fc1.weight.numel())
-        assert int(solver.keep["fc1"].sum()) == kept_fc
+        assert int(solver.keep["fc1.weight"].sum()) == kept_fc
         for n, keep in solver.keep.items():
             assert not (keep & ~previous[n]).any()  # pruned entries never come back
             assert torch.equal(solver.weights[n].detach() != 0, keep)
@@ -92,7 +95,7 @@ def test_pruned_entries_stay_zero_under_momentum_and_weight_decay():
     assert all(not bool(k.all()) for k in solver.keep.values())
     masks = solver.hard_prune()
     for n, w in solver.weights.items():
-        assert torch.equal(masks[f"{n}.weight"], w.detach() != 0)
+        assert torch.equal(masks[n], w.detach() != 0)  # one key space: parameter names
 
 
 @pytest.mark.parametrize("schedule", ["oneshot", "iterative", "agp"])
@@ -105,7 +108,7 @@ def test_hard_prune_reaches_the_target_exactly(schedule):
         assert all(bool(k.all()) for k in solver.keep.values())
         assert all(r["fraction_of_target"] == 0.0 for r in solver.history)
     masks = solver.hard_prune()
-    for n, c in PLAN.items():
+    for n, c in KEYS.items():
         w = solver.weights[n].detach()
         kept = kept_count(c.ratio, w.shape[0] if c.structure == "filter" else w.numel())
         if c.structure == "filter":
@@ -113,7 +116,7 @@ def test_hard_prune_reaches_the_target_exactly(schedule):
         else:
             assert int((w != 0).sum()) == kept
         assert torch.equal(c.project(w), w)
-        assert masks.sparsity()[f"{n}.weight"] == pytest.approx(sparsity_of(w))
+        assert masks.sparsity()[n] == pytest.approx(sparsity_of(w))
     assert masks.sparsity()["conv1.weight"] == 0.5
     assert masks.sparsity()["fc1.weight"] == 1 - kept_count(0.9, 512) / 512
 
@@ -132,7 +135,7 @@ def test_quantization_parts_wait_for_hard_prune():
     assert f1.unique().numel() > 8  # survivors still full precision
     solver.hard_prune()
     for n, c in plan.items():
-        w = solver.weights[n].detach()
+        w = solver.weights[weight_key(n)].detach()
         torch.testing.assert_close(c.project(w), w, rtol=1e-6, atol=1e-7)
     assert model.f2.weight.detach().unique().numel() <= 3
     assert model.f1.weight.detach().unique().numel() <= 8

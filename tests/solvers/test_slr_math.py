@@ -21,10 +21,14 @@ from hypothesis import strategies as st
 from solver_helpers import Net, make
 
 from dualprune.constraints import Sparsity
+from dualprune.plan import weight_key
 from dualprune.solvers import SLR, RhoSchedule, alpha
 
 PLAN = {"conv2": Sparsity(0.5, "filter"), "fc1": Sparsity(0.75)}
 RHO = {"conv2": 0.3, "fc1": 0.7}
+# the solver's key space (parameter names); plan and ρ patterns name layers
+KEYS = {weight_key(n): c for n, c in PLAN.items()}
+RHO_OF = {weight_key(n): r for n, r in RHO.items()}
 M, R, S0, GROWTH = 5.0, 0.3, 0.2, 1.1
 TIGHT = {"rtol": 1e-13, "atol": 1e-15}
 
@@ -38,24 +42,24 @@ class Reference:
 
     def __init__(self, solver: SLR, f0: float) -> None:
         self.W = {n: w.detach().clone() for n, w in solver.weights.items()}
-        self.Z = {n: c.project(self.W[n]) for n, c in PLAN.items()}
+        self.Z = {n: c.project(self.W[n]) for n, c in KEYS.items()}
         self.Lam = {n: torch.zeros_like(z) for n, z in self.Z.items()}
         self.f, self.s, self.k, self.j = f0, S0, 0, 0  # j: updates so far (ρ schedule)
         self.g_prev = self.norm(self.W, self.Z)
 
     def rho(self, j: int) -> dict[str, float]:
-        return {n: RHO[n] * GROWTH**j for n in PLAN}
+        return {n: RHO_OF[n] * GROWTH**j for n in KEYS}
 
     @staticmethod
     def norm(W, Z) -> float:
-        return math.sqrt(sum(float(((W[n] - Z[n]) ** 2).sum()) for n in PLAN))
+        return math.sqrt(sum(float(((W[n] - Z[n]) ** 2).sum()) for n in KEYS))
 
     def terms(self, W, Z) -> float:
         rho = self.rho(self.j)
         return sum(
             float((self.Lam[n] * (W[n] - Z[n])).sum())
             + rho[n] / 2 * float(((W[n] - Z[n]) ** 2).sum())
-            for n in PLAN
+            for n in KEYS
         )
 
     def move(self, W, Z) -> bool:
@@ -63,7 +67,7 @@ class Reference:
         self.k += 1
         self.s = ref_alpha(self.k, M, R) * self.s * self.g_prev / g
         self.g_prev = g
-        for n in PLAN:
+        for n in KEYS:
             self.Lam[n] = self.Lam[n] + self.s * (W[n] - Z[n])
         return True
 
@@ -73,7 +77,7 @@ class Reference:
         c1 = L_new < L_old
         m1 = c1 and self.move(W_new, self.Z)
         rho = self.rho(self.j)
-        Z_new = {n: c.project(W_new[n] + self.Lam[n] / rho[n]) for n, c in PLAN.items()}
+        Z_new = {n: c.project(W_new[n] + self.Lam[n] / rho[n]) for n, c in KEYS.items()}
         c2 = self.terms(W_new, Z_new) < self.terms(W_new, self.Z)
         self.Z = Z_new
         m2 = c2 and self.move(W_new, self.Z)
@@ -108,7 +112,7 @@ def check_against(solver: SLR, ref: Reference, rec: dict, expected: dict) -> Non
     for got, want in zip(rec["lagrangian"], expected["lagrangian"], strict=True):
         assert math.isclose(got, want, rel_tol=1e-12, abs_tol=1e-12)
     rho_next = ref.rho(ref.j)
-    for n in PLAN:
+    for n in KEYS:
         torch.testing.assert_close(solver.Lam[n], ref.Lam[n], **TIGHT)
         torch.testing.assert_close(solver.Z[n], ref.Z[n], **TIGHT)
         torch.testing.assert_close(solver.anchor[n], ref.Z[n] - ref.Lam[n] / rho_next[n], **TIGHT)
@@ -118,7 +122,7 @@ def check_against(solver: SLR, ref: Reference, rec: dict, expected: dict) -> Non
 
 def test_initial_state():
     solver, _ = setup()
-    for n, c in PLAN.items():
+    for n, c in KEYS.items():
         w = solver.weights[n].detach()
         assert torch.equal(solver.Z[n], c.project(w))  # Z⁰ = Π(W⁰)
         assert torch.equal(solver.Lam[n], torch.zeros_like(w))  # Λ⁰ = 0
@@ -127,7 +131,7 @@ def test_initial_state():
         assert solver.W_prev[n].data_ptr() != w.data_ptr()
     assert solver.s == S0 and solver.k == 0
     assert solver.g_prev == pytest.approx(
-        math.sqrt(sum(float(((solver.W_prev[n] - solver.Z[n]) ** 2).sum()) for n in PLAN))
+        math.sqrt(sum(float(((solver.W_prev[n] - solver.Z[n]) ** 2).sum()) for n in KEYS))
     )
 
 
@@ -138,7 +142,7 @@ def test_condition_1_fails_and_nothing_moves(loss):
     rec = solver.update(train_loss=loss)
     assert rec["conditions"] == [False, False]
     assert rec["multipliers_moved"] == [False, False]
-    for n in PLAN:
+    for n in KEYS:
         assert torch.equal(solver.Lam[n], torch.zeros_like(solver.Lam[n]))
         assert torch.equal(solver.Z[n], ref.Z[n])
     assert solver.s == S0 and solver.k == 0
@@ -151,12 +155,12 @@ def test_condition_1_fails_condition_2_holds():
     W = nudge(solver, 0, 0.05)
     rec = solver.update(train_loss=50.0)
     assert rec["conditions"] == [False, True]
-    Z = {n: c.project(W[n]) for n, c in PLAN.items()}  # Λ was still 0 at the Z-step
+    Z = {n: c.project(W[n]) for n, c in KEYS.items()}  # Λ was still 0 at the Z-step
     g = Reference.norm(W, Z)
     s1 = ref_alpha(1, M, R) * S0 * ref.g_prev / g
     assert solver.k == 1
     assert math.isclose(solver.s, s1, rel_tol=1e-13)
-    for n in PLAN:
+    for n in KEYS:
         torch.testing.assert_close(solver.Z[n], Z[n], **TIGHT)
         torch.testing.assert_close(solver.Lam[n], s1 * (W[n] - Z[n]), **TIGHT)
 
@@ -172,13 +176,13 @@ def test_condition_1_holds_and_lambda_steps_exactly():
     # the same by hand: s¹ = α¹ s⁰ ||W⁰ − Z⁰|| / ||W¹ − Z⁰||, Λ¹ = s¹ (W¹ − Z⁰),
     # Z¹ = Π(W¹ + Λ¹/ρ), then (condition 2) s² and Λ² = Λ¹ + s² (W¹ − Z¹)
     assert rec["conditions"] == [True, True]
-    rho = {n: RHO[n] for n in PLAN}
+    rho = {n: RHO_OF[n] for n in KEYS}
     s1 = ref_alpha(1, M, R) * S0 * Reference.norm(W0, Z0) / Reference.norm(W, Z0)
-    lam1 = {n: s1 * (W[n] - Z0[n]) for n in PLAN}
-    Z1 = {n: c.project(W[n] + lam1[n] / rho[n]) for n, c in PLAN.items()}
+    lam1 = {n: s1 * (W[n] - Z0[n]) for n in KEYS}
+    Z1 = {n: c.project(W[n] + lam1[n] / rho[n]) for n, c in KEYS.items()}
     s2 = ref_alpha(2, M, R) * s1 * Reference.norm(W, Z0) / Reference.norm(W, Z1)
     assert math.isclose(solver.s, s2, rel_tol=1e-13)
-    for n in PLAN:
+    for n in KEYS:
         torch.testing.assert_close(solver.Z[n], Z1[n], **TIGHT)
         torch.testing.assert_close(solver.Lam[n], lam1[n] + s2 * (W[n] - Z1[n]), **TIGHT)
 
@@ -241,7 +245,7 @@ def test_w_prev_is_a_copy_not_a_reference():
     solver.update(train_loss=1.0)
     before = {n: t.clone() for n, t in solver.W_prev.items()}
     nudge(solver, 9, 0.1)
-    for n in PLAN:
+    for n in KEYS:
         assert torch.equal(solver.W_prev[n], before[n])
 
 

@@ -8,6 +8,7 @@ from solver_helpers import WideNet, data, make, train
 
 from dualprune import Plan
 from dualprune.constraints import Constraint, Quantization, Sparsity
+from dualprune.plan import weight_key
 from dualprune.solvers import SOLVERS, create
 
 PLAN = Plan(
@@ -43,19 +44,21 @@ def test_every_constraint_through_the_solver(name):
     model = make(WideNet)
     solver = create(name, model, PLAN, **OPTIONS[name])
     constraints = PLAN.resolve(model)
-    assert solver.constraints == constraints
+    assert solver.constraints == constraints  # by layer, as the plan resolves them
+    keys = {weight_key(n): c for n, c in constraints.items()}  # the solver's key space
+    assert solver.joint.by_key == keys
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     train(model, solver, opt, BATCHES, 3)
     if name != "magnitude":  # every Z the solver keeps is in its set
-        for n, c in constraints.items():
+        for n, c in keys.items():
             assert_in_set(c, solver.Z[n], f"Z of {n}")  # type: ignore[attr-defined]
-    dense = {n: solver.weights[n].detach().clone() for n in constraints}
+    dense = {n: solver.weights[n].detach().clone() for n in keys}
     masks = solver.hard_prune()
-    for n, c in constraints.items():
+    for n, c in keys.items():
         w = solver.weights[n].detach()
         assert_in_set(c, w, n)
-        assert torch.equal(masks[f"{n}.weight"], c.mask(dense[n]))  # masks of Π_S(W_before)
-        assert not w[~masks[f"{n}.weight"]].any()
+        assert torch.equal(masks[n], c.mask(dense[n]))  # masks of Π_S(W_before)
+        assert not w[~masks[n]].any()
         if quantized(c):
             q = c if isinstance(c, Quantization) else c.value  # type: ignore[attr-defined]
             assert w.unique().numel() <= q.level_values().numel()

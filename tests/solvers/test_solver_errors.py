@@ -186,7 +186,7 @@ def test_state_from_another_model(name):
     state = create(name, make(Net), PLAN).state_dict()
     model = make(Net)
     model.conv1 = nn.Conv2d(2, 6, 3, padding=1)  # same names, other shape
-    with pytest.raises(CheckpointError, match="'conv1' has shape \\(4, 2, 3, 3\\)"):
+    with pytest.raises(CheckpointError, match="'conv1.weight' has shape \\(4, 2, 3, 3\\)"):
         create(name, model, PLAN).load_state_dict(state)
 
 

@@ -131,10 +131,11 @@ def test_life_cycle_bookkeeping():
     train(model, solver, optimizer(model), BATCHES, 2)
     rec = solver.diagnostics
     assert rec["update"] == 2 and rec["epoch"] == 2 and rec["batch"] == 8
-    assert "train_loss" in rec and set(rec["layers"]) == {"conv1", "conv2", "fc1"}
+    keys = {"conv1.weight", "conv2.weight", "fc1.weight"}  # records name parameters
+    assert "train_loss" in rec and set(rec["layers"]) == keys
     assert repr(solver) == "ADMM(3 layers, 2 updates)"
     res = solver.residuals()
-    assert set(res) == {"conv1", "conv2", "fc1"} and all(r > 0 for r in res.values())
+    assert set(res) == keys and all(r > 0 for r in res.values())
     masks = solver.hard_prune()
     assert solver.residuals() == dict.fromkeys(res, 0.0)  # W ∈ S: Π_S(W) = W
     assert masks.names == ("conv1.weight", "conv2.weight", "fc1.weight")
@@ -143,4 +144,4 @@ def test_life_cycle_bookkeeping():
     masks.apply(model)  # the hard-pruned model is already in the masks' set
     for n, p in model.named_parameters():
         assert torch.equal(p.detach(), snapshot[n]), n
-    assert solver.settings()["rho"] == dict.fromkeys(["conv1", "conv2", "fc1"], 0.1)
+    assert solver.settings()["rho"] == dict.fromkeys(["conv1", "conv2", "fc1"], 0.1)  # by layer

@@ -20,9 +20,11 @@ import torch
 from torch import Tensor, nn
 
 from dualprune.constraints import Sparsity
+from dualprune.plan import weight_key
 from dualprune.solvers import ADMM, SLR, PenaltySolver, RhoSchedule
 
 N, M_ROWS, K = 8, 24, 3
+FC = weight_key("fc")  # the solver's key of layer "fc": "fc.weight"
 RATIO = 1 - K / N  # keeps round((1 − 0.625)·8) = 3 entries
 
 
@@ -87,7 +89,7 @@ def solve(
     sgd = torch.optim.SGD(model.parameters(), lr=1.0)
     for _ in range(rounds):
         for group in sgd.param_groups:
-            group["lr"] = 1.0 / (L + solver.rho["fc"])
+            group["lr"] = 1.0 / (L + solver.rho[FC])
         for _ in range(inner):
             loss = ((model(A) - b) ** 2).mean()
             total = loss + solver.penalty() if mode == "penalty" else loss
@@ -127,7 +129,7 @@ def test_reaches_the_brute_force_optimum(name, seed, noise, hard):
     assert torch.equal(x != 0, x_star != 0)
     torch.testing.assert_close(x, x_star, atol=1e-3, rtol=0)
     assert solver.updates == 30
-    assert solver.residuals()["fc"] == 0.0  # W ∈ S after the hard prune
+    assert solver.residuals()[FC] == 0.0  # W ∈ S after the hard prune
 
 
 @pytest.mark.parametrize("name", list(SOLVERS))
@@ -140,7 +142,7 @@ def test_penalty_and_regularize_give_the_same_gradients(name):
     with torch.no_grad():  # move W off Z so that every term is nonzero
         model.fc.weight.add_(torch.linspace(-0.3, 0.3, N, dtype=torch.float64))
     extra = solver.U if name == "admm" else solver.Lam  # type: ignore[attr-defined]
-    assert float(extra["fc"].abs().sum()) > 0
+    assert float(extra[FC].abs().sum()) > 0
 
     def grad(mode: str) -> Tensor:
         model.zero_grad(set_to_none=True)
@@ -156,7 +158,7 @@ def test_penalty_and_regularize_give_the_same_gradients(name):
     model.zero_grad(set_to_none=True)
     solver.regularize()
     w = model.fc.weight.detach()
-    expected = solver.rho["fc"] * (w - solver.anchor["fc"])
+    expected = solver.rho[FC] * (w - solver.anchor[FC])
     torch.testing.assert_close(model.fc.weight.grad, expected, rtol=1e-15, atol=0)
 
 
@@ -168,6 +170,6 @@ def test_penalty_mode_runs_the_same_trajectory(name):
     x_reg, s_reg = solve(A, b, cls, "regularize", rounds=12, inner=10, **opt)
     x_pen, s_pen = solve(A, b, cls, "penalty", rounds=12, inner=10, **opt)
     torch.testing.assert_close(x_pen, x_reg, rtol=1e-9, atol=1e-10)
-    torch.testing.assert_close(s_pen.Z["fc"], s_reg.Z["fc"], rtol=1e-9, atol=1e-10)
+    torch.testing.assert_close(s_pen.Z[FC], s_reg.Z[FC], rtol=1e-9, atol=1e-10)
     if name == "slr":
         assert [r["conditions"] for r in s_pen.history] == [r["conditions"] for r in s_reg.history]

@@ -30,7 +30,7 @@ __all__ = ["HardwareOptions", "hardware_markdown", "hardware_summary"]
 class HardwareOptions(BaseModel):
     """A crossbar spec, its cost profile and (optionally) device noise to evaluate under."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     crossbar: str = Field("128x128", description="ROWSxCOLS")
     cell_bits: int = Field(2, ge=1)

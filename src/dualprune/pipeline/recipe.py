@@ -84,7 +84,7 @@ class CoupledOptions(BaseModel):
     shape (:func:`dualprune.graph.channel_groups`) before any training.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     ratio: float = Field(ge=0, lt=1, description="fraction of CHANNELS removed in every group")
     multiple_of: int = Field(1, ge=1, description="kept channels: a multiple of this, or all")
@@ -118,7 +118,7 @@ class PlanSection(BaseModel):
     (which checks them); ``coupled`` is validated here.
     """
 
-    model_config = ConfigDict(extra="allow", frozen=True)
+    model_config = ConfigDict(extra="allow", frozen=True, allow_inf_nan=False)
 
     coupled: CoupledOptions | None = None
 
@@ -137,7 +137,7 @@ class PlanSection(BaseModel):
 class Recipe(BaseModel):
     """A whole run: model, data, and the settings of each stage (module docstring)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     model: str
     dataset: str

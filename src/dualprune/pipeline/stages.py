@@ -87,18 +87,12 @@ def run(recipe: Recipe, *, resume: bool = False, progress: bool | None = None) -
     Raises:
         DualpruneError: bad names, missing data, unwritable output, bad checkpoint.
     """
+    # everything that can fail is checked before the output directory is touched
+    ds, model, test_loader, x, coupled = _prepare(recipe)
+    num_classes = recipe.num_classes or ds.num_classes
     out = ckpt_io.ensure_writable(recipe.out)
     if not resume:
         _clean(out)
-    ds = data.load(recipe.dataset, root=recipe.data_dir)
-    num_classes = recipe.num_classes or ds.num_classes
-    seed = next((c.seed for c in (recipe.pretrain, recipe.compress) if c is not None), 0)
-    torch.manual_seed(seed)
-    model = models.create(recipe.model, num_classes=num_classes)
-    test_loader = _test_loader(ds, recipe.pretrain or recipe.compress or TrainConfig())
-    x = next(iter(test_loader))[0]
-    check_fits(model, recipe.model, x, ds)
-    coupled = recipe.build_coupled(model, x[:2])  # the groups, found before any training
     (out / "recipe.yaml").write_text(recipe_yaml(recipe))
     info = {
         "model": recipe.model,
@@ -117,8 +111,7 @@ def run(recipe: Recipe, *, resume: bool = False, progress: bool | None = None) -
         if result is not None:
             stages[name] = result
 
-    if recipe.pretrained:
-        load_pretrained(model, recipe.pretrained, recipe.model)
+    if recipe.pretrained:  # loaded by _prepare
         stages["pretrained"] = _eval(model, test_loader)
         (out / "pretrained.json").write_text(json.dumps(stages["pretrained"]) + "\n")
     if recipe.pretrain is not None:
@@ -150,6 +143,33 @@ def run(recipe: Recipe, *, resume: bool = False, progress: bool | None = None) -
         (out / "hardware.json").write_text(json.dumps(hw, indent=1) + "\n")
     report_path, table = report_run(out)
     return RunResult(out, final["test_acc"], final["test_loss"], stages, table, report_path)
+
+
+def _prepare(
+    recipe: Recipe,
+) -> tuple[data.Dataset, nn.Module, data.Loader, torch.Tensor, Coupled | None]:
+    """Data, model (pretrained weights loaded), test loader, an input batch, coupled set.
+
+    Everything a recipe can get wrong surfaces here, before anything is written:
+    the data location, the model name and its fit to the data, the plan against
+    the model, the solver's settings (a solver is built on a copy and dropped),
+    and the pretrained weights.
+    """
+    ds = data.load(recipe.dataset, root=recipe.data_dir)
+    num_classes = recipe.num_classes or ds.num_classes
+    seed = next((c.seed for c in (recipe.pretrain, recipe.compress) if c is not None), 0)
+    torch.manual_seed(seed)
+    model = models.create(recipe.model, num_classes=num_classes)
+    test_loader = _test_loader(ds, recipe.pretrain or recipe.compress or TrainConfig())
+    x = next(iter(test_loader))[0]
+    check_fits(model, recipe.model, x, ds)
+    coupled = recipe.build_coupled(model, x[:2])  # the groups, found before any training
+    if recipe.solver is not None:
+        with torch.random.fork_rng(devices=[]):
+            _make_solver(recipe, copy.deepcopy(model), ds, coupled)
+    if recipe.pretrained:
+        load_pretrained(model, recipe.pretrained, recipe.model)
+    return ds, model, test_loader, x, coupled
 
 
 # ---- stages ---------------------------------------------------------------------------

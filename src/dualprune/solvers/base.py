@@ -35,7 +35,7 @@ from dualprune.constraints import Constraint
 from dualprune.constraints.coupled import Coupled
 from dualprune.errors import CheckpointError, ConfigError, ConstraintError, PlanError
 from dualprune.masks.masks import Masks
-from dualprune.plan import Plan, layer_weight, prunable_layers, weight_key
+from dualprune.plan import Plan, layer_weight, module_of, prunable_layers, weight_key
 from dualprune.solvers.coupled import JointSet
 from dualprune.solvers.settings import Cadence, flat
 
@@ -136,10 +136,9 @@ class Solver(abc.ABC):
         self.modules: dict[str, nn.Module] = {n: modules[n] for n in self.constraints}
         self.joint = JointSet(self.constraints, self.coupled)
         # (owner module, attribute) of every key's tensor: no tensor is held here
-        self._owners: dict[str, tuple[nn.Module, str]] = {}
-        for k, p in self.joint.param_of.items():
-            owner, _, attr = p.rpartition(".")
-            self._owners[k] = (model.get_submodule(owner), attr)
+        self._owners: dict[str, tuple[nn.Module, str]] = {
+            k: (model.get_submodule(module_of(k)), k.rpartition(".")[2]) for k in self.joint.keys
+        }
         self.cadence = cadence
         self.epochs = 0  # calls of update()
         self.batches = 0  # calls of step()
@@ -175,8 +174,8 @@ class Solver(abc.ABC):
     def weights(self) -> dict[str, nn.Parameter]:
         """Every tensor W_t the solver moves, by key (:mod:`dualprune.solvers.coupled`).
 
-        Constrained layers' weights by layer name, then the tensors only a coupled
-        set ties, by parameter name.
+        Parameter names (``"conv1.weight"``): constrained layers' weights in plan
+        order, then the tensors only a coupled set ties.
         """
         return {k: getattr(m, attr) for k, (m, attr) in self._owners.items()}
 
@@ -342,7 +341,7 @@ class Solver(abc.ABC):
                     raise CheckpointError(f"solver state '{kind}' has unknown key '{n}'")
                 if t.shape != mine[kind][n].shape:
                     raise CheckpointError(
-                        f"solver state '{kind}' of layer '{n}' has shape {tuple(t.shape)}, "
+                        f"solver state '{kind}' of '{n}' has shape {tuple(t.shape)}, "
                         f"the model's is {tuple(mine[kind][n].shape)}"
                     )
                 mine[kind][n].copy_(t)

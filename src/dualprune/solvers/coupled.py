@@ -3,10 +3,11 @@
 A solver holds a per-layer constraint S_i for each layer of its plan and,
 optionally, one :class:`~dualprune.constraints.Coupled` set S_G over the tensors
 that coupled channels tie together (docs/constraints.md, "Coupled channels").
-Every tensor gets one key: the layer name for a constrained layer's weight (as
-in plans and solver state), the parameter name for a tied tensor without a
-per-layer constraint (``"layer1.0.bn2.weight"``, ``"fc.weight"``). Each key has
-one auxiliary Z (and U or Λ), whichever sets it belongs to.
+Every tensor is keyed by its parameter name (``"layer1.0.conv1.weight"``,
+``"layer1.0.bn2.weight"``), the key space of masks, storage and export; a plan's
+layer ``"conv1"`` constrains the key ``"conv1.weight"``
+(:func:`~dualprune.plan.weight_key`). Each key has one auxiliary Z (and U or Λ),
+whichever sets it belongs to.
 
 The combined projection of values V (W + U for ADMM, W + Λ/ρ for SLR, W at the
 hard prune) is
@@ -47,31 +48,27 @@ __all__ = ["JointSet"]
 
 
 class JointSet:
-    """Per-layer constraints plus an optional coupled set, keyed as the module docstring says.
+    """Per-layer constraints plus an optional coupled set, keyed by parameter name.
 
     Args:
-        constraints: ``{layer name: Constraint}`` (may be empty when ``coupled`` is given).
+        constraints: ``{layer name: Constraint}`` as a plan resolves it (may be empty
+            when ``coupled`` is given).
         coupled: The coupled-channel set, or None.
     """
 
     def __init__(self, constraints: Mapping[str, Constraint], coupled: Coupled | None) -> None:
-        self.constraints = dict(constraints)
+        self.constraints = dict(constraints)  # by layer, as the plan has them
         self.coupled = coupled
-        self.param_of: dict[str, str] = {n: weight_key(n) for n in self.constraints}
-        self.key_of: dict[str, str] = {p: k for k, p in self.param_of.items()}
-        if coupled is not None:
-            for p in coupled.params:
-                if p not in self.key_of:
-                    self.key_of[p] = p
-                    self.param_of[p] = p
-        self.tied: tuple[str, ...] = (
-            tuple(self.key_of[p] for p in coupled.params) if coupled is not None else ()
-        )
+        #: The constraint of each key (``"conv1.weight"``); tied-only keys have none.
+        self.by_key: dict[str, Constraint] = {weight_key(n): c for n, c in constraints.items()}
+        tied = coupled.params if coupled is not None else ()
+        self.tied: tuple[str, ...] = tuple(tied)
+        self._keys = list(dict.fromkeys([*self.by_key, *tied]))
 
     @property
     def keys(self) -> list[str]:
-        """Every key: constrained layers in plan order, then tied-only parameters."""
-        return list(self.param_of)
+        """Every key: constrained layers' weights in plan order, then tied-only parameters."""
+        return list(self._keys)
 
     def tied_masks(
         self,
@@ -91,10 +88,8 @@ class JointSet:
             return {}
         weights = [rho[k] for k in self.tied] if rho is not None else []
         scale = len(set(weights)) > 1  # equal ρ: the plain projection, bit for bit
-        params = {
-            self.param_of[k]: V[k] * math.sqrt(rho[k]) if scale and rho else V[k] for k in self.tied
-        }
-        return {self.key_of[p]: m for p, m in coupled.masks(params).items()}
+        params = {k: V[k] * math.sqrt(rho[k]) if scale and rho else V[k] for k in self.tied}
+        return coupled.masks(params)
 
     def project(
         self, V: Mapping[str, Tensor], rho: Mapping[str, float] | None = None
@@ -102,8 +97,8 @@ class JointSet:
         """Z = the combined projection of V (module docstring); new tensors, V unchanged."""
         masks = self.tied_masks(V, rho)
         Z = {}
-        for k in self.param_of:
-            c = self.constraints.get(k)
+        for k in self._keys:
+            c = self.by_key.get(k)
             z = c.project(V[k]) if c is not None else V[k].detach().clone()
             if k in masks:
                 z = torch.where(masks[k], z, torch.zeros((), dtype=z.dtype, device=z.device))
@@ -120,8 +115,7 @@ class JointSet:
         per = Masks.from_constraints(model, self.constraints)
         masks = {n: per[n] for n in per.names}
         for k, m in self.tied_masks(W).items():
-            p = self.param_of[k]
-            masks[p] = masks[p] & m if p in masks else m
+            masks[k] = masks[k] & m if k in masks else m
         return Masks(masks, per.quantizers, per.scales)
 
     def residual(self, W: Mapping[str, Tensor], Z: Mapping[str, Tensor]) -> float:

@@ -34,7 +34,7 @@ from torch import nn
 from dualprune.constraints import Constraint, Intersection
 from dualprune.constraints.coupled import Coupled
 from dualprune.errors import ConstraintError
-from dualprune.plan import Plan
+from dualprune.plan import Plan, weight_key
 from dualprune.solvers.base import Solver
 from dualprune.solvers.settings import Cadence, checked
 
@@ -136,7 +136,8 @@ class Magnitude(Solver):
         for n in self.constraints:  # per-layer masks and the coupled ones, all on W now
             c = self._scheduled(n, fraction)
             if c is not None:
-                new[n] = c.mask(W[n])
+                key = weight_key(n)
+                new[key] = c.mask(W[key])
         if self.coupled is not None and fraction > 0:
             coupled = self.coupled.with_ratio([r * fraction for r in self.coupled.ratios])
             for n, m in self.joint.tied_masks(W, coupled=coupled).items():

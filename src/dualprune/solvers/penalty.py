@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from dualprune.constraints import Constraint
 from dualprune.constraints.coupled import Coupled
 from dualprune.errors import ConfigError
-from dualprune.plan import Plan
+from dualprune.plan import Plan, layer_of
 from dualprune.solvers.base import Solver
 from dualprune.solvers.settings import Cadence, Settings, flat
 
@@ -105,8 +105,12 @@ def layer_values(
     """
 
     def positive(v: object, where: str) -> float:
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
-            raise ConfigError(f"{where}={v!r} is not allowed; use a float > 0")
+        if (
+            isinstance(v, bool)
+            or not isinstance(v, (int, float))
+            or not (v > 0 and math.isfinite(v))
+        ):
+            raise ConfigError(f"{where}={v!r} is not allowed; use a finite float > 0")
         return float(v)
 
     if not isinstance(value, Mapping):
@@ -171,7 +175,9 @@ class PenaltySolver(Solver):
         names = list(self.constraints) + ([COUPLED] if self.coupled is not None else [])
         self.rho_base = layer_values(rho, names, "rho")
         # the ρ entry of every key: its layer's, or the coupled set's for tied-only tensors
-        self._rho_name = {k: k if k in self.constraints else COUPLED for k in self.joint.keys}
+        self._rho_name = {
+            k: layer_of(k) if k in self.joint.by_key else COUPLED for k in self.joint.keys
+        }
         with torch.no_grad():
             # Z⁰ = Π_S(W⁰): copies, never views of W
             W = {k: w.detach() for k, w in self.weights.items()}

@@ -105,8 +105,8 @@ def _fits(value: Any, annotation: Any) -> bool:
             return False
         if base is int and not isinstance(value, int):
             return False
-        if isinstance(value, float) and math.isnan(value):
-            return False
+        if isinstance(value, float) and not math.isfinite(value):
+            return False  # nan and ±inf are no settings
         for b in bounds:
             ok = (
                 (isinstance(b, at.Gt) and value > float(b.gt))  # type: ignore[arg-type]
@@ -258,7 +258,7 @@ def from_flat(cls: type, options: Mapping[str, Any]) -> dict[str, Any]:
 class SolverOptions(BaseModel):
     """Base of the derived recipe models (:func:`options_model`): flat keys, none unknown."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     name: str
 

@@ -19,7 +19,7 @@ class TrainConfig(BaseModel):
     with lr 0.1. Recipes set their own (see ``dualprune/recipes/``).
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     epochs: int = Field(10, ge=0, description="passes over the training set (0: skip)")
     batch_size: int = Field(64, gt=0)

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from dualprune.errors import DivergedError
 from dualprune.train import checkpoint as ckpt_io
 from dualprune.train.config import TrainConfig
 from dualprune.train.run import (
@@ -112,6 +113,22 @@ def fit(
         return _train(run, start)
 
 
+_ADVICE = (
+    "nothing of this epoch was saved (the last checkpoint is resumable); "
+    "lower the learning rate (lr) or, under a solver, rho"
+)
+
+
+def stop_if_weights_diverged(run: TrainingRun, epoch: int) -> None:
+    """Raise DivergedError if a weight of ``run.model`` is not finite (after a solver update)."""
+    for name, p in run.model.named_parameters():
+        if not bool(torch.isfinite(p).all()):
+            raise DivergedError(
+                f"{run.paths.out.name}: epoch {epoch + 1}: parameter '{name}' is not finite; "
+                f"{_ADVICE}"
+            )
+
+
 def _train(run: TrainingRun, start: int) -> list[dict[str, Any]]:
     """Epochs ``start`` … ``cfg.epochs − 1`` of ``run``; returns their metrics dicts."""
     cfg, model, optimizer, solver = run.cfg, run.model, run.optimizer, run.solver
@@ -133,14 +150,17 @@ def _train(run: TrainingRun, start: int) -> list[dict[str, Any]]:
             optimizer.step()
             if solver is not None and (update := solver.step(loss.detach())) is not None:
                 append_jsonl(run.paths.updates, update)
-            tally.add(loss, logits, y)
+            tally.add(loss, logits, y, step=i)
             if i % 20 == 0:
+                tally.stop_if_diverged(run, epoch)  # syncs, as the postfix does anyway
                 bar.set_postfix(tally.postfix())
 
+        tally.stop_if_diverged(run, epoch)
         seconds = tally.seconds()
         update = solver.update(tally.mean_loss()) if solver is not None else None  # f(W) only
         if update:
             append_jsonl(run.paths.updates, update)
+        stop_if_weights_diverged(run, epoch)  # nothing non-finite reaches a checkpoint
         test = evaluate(model, run.test_loader)
         record = tally.record(epoch, test, lr, seconds)
         history.append(record)
@@ -158,9 +178,21 @@ class _EpochTally:
     correct: Tensor = field(default_factory=lambda: torch.zeros((), dtype=torch.long))
     n: int = 0
     t0: float = field(default_factory=time.perf_counter)
+    first_bad: Tensor = field(default_factory=lambda: torch.full((), -1, dtype=torch.long))
 
-    def add(self, loss: Tensor, logits: Tensor, y: Tensor) -> None:
-        """Count one batch (``loss`` is its mean cross-entropy)."""
+    def stop_if_diverged(self, run: TrainingRun, epoch: int) -> None:
+        """Raise DivergedError if a batch of this epoch had a non-finite loss."""
+        step = int(self.first_bad)
+        if step >= 0:
+            raise DivergedError(
+                f"{run.paths.out.name}: epoch {epoch + 1}, step {step + 1}: the training loss "
+                f"is not finite; {_ADVICE}"
+            )
+
+    def add(self, loss: Tensor, logits: Tensor, y: Tensor, step: int = 0) -> None:
+        """Count batch ``step`` (``loss`` is its mean cross-entropy); no device sync."""
+        bad = ~torch.isfinite(loss.detach()) & (self.first_bad < 0)
+        self.first_bad = torch.where(bad, step, self.first_bad)
         self.loss_sum += loss.detach() * y.numel()
         self.correct += (logits.detach().argmax(1) == y).sum()
         self.n += y.numel()

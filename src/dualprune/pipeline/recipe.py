@@ -55,6 +55,7 @@ __all__ = [
     "SolverOptions",
     "builtin_recipes",
     "load_recipe",
+    "read_recipe_text",
 ]
 
 DEFAULT_RECIPE = "quickstart"
@@ -182,6 +183,22 @@ def builtin_recipes() -> list[str]:
     return sorted(f.name.removesuffix(".yaml") for f in files if f.name.endswith(".yaml"))
 
 
+def read_recipe_text(path: Path) -> str:
+    """The text of a recipe file.
+
+    Raises:
+        ConfigError: the file cannot be read or is not UTF-8 text (a binary file).
+    """
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(
+            f"{path}: not a recipe (not UTF-8 text; a YAML file is expected)"
+        ) from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot be read ({err.strerror or err})") from None
+
+
 def load_recipe(
     source: str | os.PathLike[str] | None = None,
     settings: Mapping[str, Any] | None = None,
@@ -202,7 +219,7 @@ def load_recipe(
     source = DEFAULT_RECIPE if source is None else source
     path = Path(source)
     if path.is_file():
-        text, where = path.read_text(), str(path)
+        text, where = read_recipe_text(path), str(path)
     elif str(source) in builtin_recipes():
         text = (resources.files("dualprune.recipes") / f"{source}.yaml").read_text()
         where = f"recipe '{source}'"

@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 from dualprune import models
 from dualprune.errors import CheckpointError
 from dualprune.report.report import build_report, terminal_table, write_report
+from dualprune.train.run import read_jsonl
 
 __all__ = ["STAGES", "load_run_model", "read_stages", "report_run"]
 
@@ -51,9 +52,7 @@ def _json(path: Path) -> Any:
 
 
 def _lines(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+    return read_jsonl(path)
 
 
 def read_stages(out: Path) -> dict[str, dict[str, float]]:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import io
 import os
+import pickle
 import random
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -74,6 +76,14 @@ def load(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint '{path}' does not exist")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        if found:  # a pickle that names a function or class to call: code, not weights
+            raise CheckpointError(
+                f"'{path}' is not a safe checkpoint: loading it would call {found.group(1)}; "
+                "refused, nothing in it was executed"
+            ) from None
+        raise CheckpointError(f"checkpoint '{path}' is truncated or corrupt") from None
     except Exception as err:  # torch raises many types for corrupt zip/pickle data
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(

@@ -8,7 +8,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from dualprune.errors import ConfigError
 
-__all__ = ["TrainConfig", "validation_message"]
+__all__ = ["MAX_BATCH", "MAX_EPOCHS", "TrainConfig", "validation_message"]
+
+MAX_EPOCHS = 100_000  # larger is a typo, not a plan
+MAX_BATCH = 1 << 20
 
 
 class TrainConfig(BaseModel):
@@ -21,9 +24,11 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    epochs: int = Field(10, ge=0, description="passes over the training set (0: skip)")
-    batch_size: int = Field(64, gt=0)
-    eval_batch_size: int = Field(1000, gt=0)
+    epochs: int = Field(
+        10, ge=0, le=MAX_EPOCHS, description="passes over the training set (0: skip)"
+    )
+    batch_size: int = Field(64, gt=0, le=MAX_BATCH)
+    eval_batch_size: int = Field(1000, gt=0, le=MAX_BATCH)
     optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
     lr: float = Field(0.01, gt=0, description="base (peak) learning rate")
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum / Adam β1")

@@ -15,6 +15,7 @@ directory holds three files:
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,7 @@ __all__ = [
     "TrainingRun",
     "append_jsonl",
     "epoch_summary",
+    "read_jsonl",
     "resume_from_checkpoint",
     "start_fresh",
     "write_checkpoint",
@@ -191,9 +193,36 @@ def write_checkpoint(run: TrainingRun, epoch: int, record: dict[str, Any]) -> No
 
 
 def append_jsonl(path: Path, record: dict[str, Any]) -> None:
-    """Append ``record`` to ``path`` as one JSON line."""
+    """Append ``record`` to ``path`` as one JSON line, in one write, flushed to disk.
+
+    A kill during the write can leave a torn last line; :func:`read_jsonl` skips it.
+    """
     with open(path, "a") as f:
         f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The records of a JSON-lines file; a torn (half-written) last line is left out.
+
+    Raises:
+        CheckpointError: a line other than the last is not JSON (the file is damaged).
+    """
+    if not path.exists():
+        return []
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    out = []
+    for i, ln in enumerate(lines):
+        try:
+            out.append(json.loads(ln))
+        except ValueError:
+            if i == len(lines) - 1:
+                break  # a write cut short by a kill: the epoch it records is not in the checkpoint
+            raise CheckpointError(
+                f"'{path}' line {i + 1} is not JSON; the file is damaged"
+            ) from None
+    return out
 
 
 def epoch_summary(record: dict[str, Any], epochs: int, update: dict[str, Any] | None) -> str:
@@ -241,9 +270,5 @@ def _truncate_metrics(path: Path, next_epoch: int) -> None:
     """Keep only metric lines of epochs already in the checkpoint (1-based ≤ next_epoch)."""
     if not path.exists():
         return
-    lines = [
-        ln
-        for ln in path.read_text().splitlines()
-        if ln.strip() and json.loads(ln)["epoch"] <= next_epoch
-    ]
-    path.write_text("".join(ln + "\n" for ln in lines))
+    kept = [r for r in read_jsonl(path) if r.get("epoch", 0) <= next_epoch]
+    _write_jsonl(path, kept)

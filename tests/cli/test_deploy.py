@@ -103,6 +103,15 @@ def test_compact_command_writes_a_smaller_equal_model(finished, tmp_path):
     assert plan["params_after"] < plan["params_before"]
 
 
+def test_compact_out_under_a_file_is_one_line(finished, tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder\n")
+    assert main(["compact", str(finished), "--out", str(blocker / "small")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot write to output directory" in err and err.count("\n") == 1
+    assert blocker.read_text() == "not a folder\n"
+
+
 def test_bench_command_times_every_variant(finished, tmp_path, capsys):
     path = tmp_path / "bench.json"
     args = ["bench", str(finished), "--repeats", "1", "--batch-sizes", "1,4", "--json", str(path)]

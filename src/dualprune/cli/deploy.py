@@ -30,15 +30,15 @@ def cmd_compact(args: argparse.Namespace) -> int:
     """``dualprune compact RUN_DIR|CHECKPOINT``: physically remove pruned channels."""
     from dualprune.export import save_torch
     from dualprune.pipeline.artifacts import load_artifact
+    from dualprune.train.checkpoint import ensure_writable
 
     art = load_artifact(args.path)
+    base = art.run_dir if art.run_dir is not None else art.source.parent
+    out = ensure_writable(Path(args.out) if args.out else base / "compact")  # before the work
     small, plan, notes = _compacted(art)
     print(plan)
     for note in notes:
         print(f"note: {note}")
-    base = art.run_dir if art.run_dir is not None else art.source.parent
-    out = Path(args.out) if args.out else base / "compact"
-    out.mkdir(parents=True, exist_ok=True)
     save_torch(
         small, out / "model.safetensors", {"model": art.name, "num_classes": art.num_classes}
     )

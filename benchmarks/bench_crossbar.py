@@ -308,7 +308,7 @@ def bench(name: str, recipe_name: str, settings: dict[str, Any], args: Any) -> d
         raise SystemExit(f"{name}: the recipe needs a plan, a solver, 'retrain' and 'hardware'")
     done = (out / "hardware.json").is_file() and (out / "report.json").is_file()
     if not (args.reuse and done):
-        run(recipe, progress=False)
+        run(recipe, progress=False, overwrite=True)
     report = json.loads((out / "report.json").read_text())
     hw = json.loads((out / "hardware.json").read_text())
     stages = report["stages"]

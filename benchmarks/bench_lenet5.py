@@ -87,7 +87,7 @@ def go(
     """Run one recipe with settings (``resume``: continue its unfinished stage); summarise."""
     t0 = time.perf_counter()
     r = load_recipe(recipe, {**settings, "out": str(OUT / name), "data_dir": data_dir})
-    result = run(r, progress=False, resume=resume)
+    result = run(r, progress=False, resume=resume, overwrite=not resume)
     report = json.loads((result.out / "report.json").read_text())
     return {
         "name": name,

@@ -161,8 +161,21 @@ def test_a_bad_run_fails_before_touching_an_earlier_run(tmp_path, data_root, cha
     (out / "pretrain").mkdir()
     (out / "pretrain" / "done.json").write_text("{}\n")
     with pytest.raises(Exception, match=match) as err:
-        run(tiny_recipe(out, data_root, **change), progress=False)
+        run(tiny_recipe(out, data_root, **change), overwrite=True, progress=False)
     assert type(err.value).__module__ == "dualprune.errors"
     assert (out / "final.json").read_text() == '{"test_acc": 0.99}\n'
     assert (out / "pretrain" / "done.json").exists()
     assert sorted(p.name for p in out.iterdir()) == ["final.json", "pretrain"]
+
+
+def test_an_earlier_run_is_kept_unless_overwrite(tmp_path, data_root, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "hard_prune.json").write_text("{}\n")
+    with pytest.raises(Exception, match="holds an earlier run .*--resume .*--overwrite"):
+        run(tiny_recipe(out, data_root), progress=False)
+    assert sorted(p.name for p in out.iterdir()) == ["hard_prune.json"]
+    args = ["run", "quickstart", "--out", str(out), "--data-dir", str(data_root)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "holds an earlier run" in err and err.count("\n") == 1

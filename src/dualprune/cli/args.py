@@ -108,6 +108,11 @@ def run_options(p: argparse.ArgumentParser, default_out: str) -> None:
         action="store_true",
         help="skip the stages DIR already finished and continue the unfinished one",
     )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the earlier run in DIR (without it, a DIR holding a run is refused)",
+    )
     add_data_dir(p)
     add_progress(p)
     add_threads(p)

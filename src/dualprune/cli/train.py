@@ -19,7 +19,7 @@ from dualprune.cli.args import (
 def _execute(recipe: Any, args: argparse.Namespace) -> int:
     from dualprune.pipeline import run
 
-    result = run(recipe, resume=args.resume, progress=args.progress)
+    result = run(recipe, resume=args.resume, overwrite=args.overwrite, progress=args.progress)
     print()
     print(result.table)
     print()

@@ -76,17 +76,32 @@ class RunResult:
     report: Path
 
 
-def run(recipe: Recipe, *, resume: bool = False, progress: bool | None = None) -> RunResult:
+def run(
+    recipe: Recipe,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool | None = None,
+) -> RunResult:
     """Run the recipe's stages and write everything into ``recipe.out``.
 
     Args:
         recipe: a validated recipe (:func:`load_recipe`).
         resume: skip finished stages and continue the unfinished one.
+        overwrite: replace an earlier run in ``recipe.out`` (without it or ``resume``,
+            a directory holding a run is refused).
         progress: progress bars (None: only on a terminal).
 
     Raises:
-        DualpruneError: bad names, missing data, unwritable output, bad checkpoint.
+        DualpruneError: bad names, missing data, unwritable output, bad checkpoint, an
+            earlier run in the way.
     """
+    earlier = [n for n in STAGE_FILES if (Path(recipe.out) / n).exists()]
+    if earlier and not (resume or overwrite):
+        raise ConfigError(
+            f"'{recipe.out}' holds an earlier run ({earlier[0]}, ...); pass --resume to "
+            "continue it or --overwrite to replace it, or pick another --out"
+        )
     # everything that can fail is checked before the output directory is touched
     ds, model, test_loader, x, coupled = _prepare(recipe)
     num_classes = recipe.num_classes or ds.num_classes

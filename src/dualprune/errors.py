@@ -16,11 +16,24 @@ __all__ = [
     "DualpruneError",
     "PlanError",
     "UnknownNameError",
+    "one_line",
 ]
 
 
 class DualpruneError(Exception):
-    """Base class of every error caused by user input."""
+    """Base class of every error caused by user input.
+
+    The message is one line: line breaks in it (from a name or path the user
+    gave) are shown escaped, as ``\\n``.
+    """
+
+    def __str__(self) -> str:
+        return one_line(super().__str__())
+
+
+def one_line(message: str) -> str:
+    """``message`` with its line breaks escaped (``\\n``), for one-line errors."""
+    return message.replace("\r", "\\r").replace("\n", "\\n")
 
 
 class ConfigError(DualpruneError, ValueError):
@@ -31,7 +44,7 @@ class UnknownNameError(DualpruneError, KeyError):
     """A name (model, data set, structure, solver) that no registry knows."""
 
     def __str__(self) -> str:  # KeyError would quote the message
-        return str(self.args[0]) if self.args else ""
+        return one_line(str(self.args[0])) if self.args else ""
 
 
 class DataError(DualpruneError, FileNotFoundError):

@@ -7,12 +7,17 @@ import math
 from pathlib import Path
 from typing import Any, NoReturn
 
+from dualprune.errors import one_line
+
 
 class Parser(argparse.ArgumentParser):
-    """argparse with a one-line error message (no usage dump)."""
+    """argparse with a one-line error message (no usage dump), like every other error."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+        top, _, command = self.prog.partition(" ")
+        where = f"{command}: " if command else ""
+        line = one_line(f"{top}: error: {where}{message}")
+        self.exit(2, f"{line} (see '{self.prog} --help')\n")
 
 
 def positive_int(text: str) -> int:
@@ -126,8 +131,9 @@ def setting(text: str) -> tuple[str, Any]:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got '{text}'")
     try:
         return key.strip(), yaml.safe_load(value)
-    except yaml.YAMLError:
-        raise argparse.ArgumentTypeError(f"'{value}' is not a YAML value") from None
+    except (yaml.YAMLError, RecursionError):
+        shown = value if len(value) <= 80 else value[:77] + "..."
+        raise argparse.ArgumentTypeError(f"'{shown}' is not a YAML value") from None
 
 
 TRAIN_KEYS = (
@@ -148,8 +154,22 @@ TRAIN_KEYS = (
 
 
 def json_out(args: argparse.Namespace, source: Path, run_dir: Path | None, name: str) -> Path:
-    """Where a command writes its JSON: --json, else inside the run dir, else beside the file."""
+    """Where a command writes its JSON: --json, else inside the run dir, else beside the file.
+
+    Checked before the work: its folder can be written and it is not a directory.
+
+    Raises:
+        ConfigError: it cannot be written.
+    """
+    from dualprune.errors import ConfigError
+    from dualprune.train.checkpoint import ensure_writable
+
     if getattr(args, "json", None):
-        return Path(args.json)
-    base = run_dir if run_dir is not None else (source if source.is_dir() else source.parent)
-    return base / name
+        path = Path(args.json)
+    else:
+        base = run_dir if run_dir is not None else (source if source.is_dir() else source.parent)
+        path = base / name
+    if path.is_dir():
+        raise ConfigError(f"'{path}' is a directory; give --json a file name")
+    ensure_writable(path.parent)
+    return path

@@ -56,6 +56,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from dualprune.speed.sparsify import sparsify_for_inference
 
     art = load_artifact(args.path)
+    path = json_out(args, art.source, art.run_dir, "bench.json")  # checked before the work
     model = art.model.eval()
     small, _, _ = _compacted(art)
     small.eval()
@@ -88,7 +89,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print()
         entry["latency"] = cmp.as_dict()
         result["batches"][str(b)] = entry
-    path = json_out(args, art.source, art.run_dir, "bench.json")
     path.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {path}")
     if art.run_dir is not None and path == art.run_dir / "bench.json":

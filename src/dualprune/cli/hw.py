@@ -23,7 +23,9 @@ def cmd_hw(args: argparse.Namespace) -> int:
     options = parse(
         HardwareOptions, base | {k: v for k, v in given.items() if v is not None}, "options"
     )
-    options.spec()  # a bad spec fails before any work
+    options.spec()  # a bad spec, noise or output file fails before any work
+    options.device_noise()
+    path = json_out(args, art.source, art.run_dir, "hardware.json")
     loader = None
     if options.noise is not None:
         dataset = args.dataset or art.dataset
@@ -40,7 +42,6 @@ def cmd_hw(args: argparse.Namespace) -> int:
         loader=loader,
     )
     print(text)
-    path = json_out(args, art.source, art.run_dir, "hardware.json")
     path.write_text(json.dumps(hw, indent=1) + "\n")
     print(f"\nwrote {path}")
     return 0

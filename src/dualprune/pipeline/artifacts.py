@@ -14,12 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch import Tensor, nn
 
 from dualprune import models
 from dualprune.constraints import Constraint
-from dualprune.errors import CheckpointError, ConfigError
+from dualprune.errors import CheckpointError
 from dualprune.masks.masks import Masks
 from dualprune.pipeline.runreport import load_run_model
 from dualprune.train import checkpoint as ckpt_io
@@ -85,20 +84,15 @@ class Artifact:
 
 
 def _run_artifact(out: Path) -> Artifact:
-    from dualprune.pipeline.recipe import read_recipe_text, validate
+    from dualprune.pipeline.recipe import read_recipe_text, recipe_mapping, validate
 
     model, info = load_run_model(out)
     constraints: dict[str, Constraint] = {}
     recipe = None
     recipe_file = out / "recipe.yaml"
     if recipe_file.is_file():
-        try:
-            raw = yaml.safe_load(read_recipe_text(recipe_file))
-        except yaml.YAMLError as err:
-            raise ConfigError(
-                f"{recipe_file}: not valid YAML ({str(err).splitlines()[0]})"
-            ) from None
-        recipe = validate(raw if isinstance(raw, dict) else {}, str(recipe_file))
+        raw = recipe_mapping(read_recipe_text(recipe_file), str(recipe_file))
+        recipe = validate(raw, str(recipe_file))
         plan = recipe.build_plan()
         constraints = plan.resolve(model) if plan is not None else {}
     masks = Masks.load(out / "masks.safetensors") if (out / "masks.safetensors").is_file() else None

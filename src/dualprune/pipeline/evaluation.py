@@ -62,7 +62,8 @@ def evaluate_checkpoint(
         )
         model = models.create(name, num_classes=int(state.get("num_classes", ds.num_classes)))
         ckpt_io.load_model_state(model, state, model_name=name, path=p)
-        where = f"epoch {int(state['epoch']) + 1}"
+        epoch = state.get("epoch")
+        where = f"epoch {epoch + 1}" if isinstance(epoch, int) else "checkpoint"
     x = next(iter(test_loader))[0]
     check_fits(model, name, x, ds)
     result = evaluate(model, test_loader)

@@ -56,6 +56,7 @@ __all__ = [
     "builtin_recipes",
     "load_recipe",
     "read_recipe_text",
+    "recipe_mapping",
 ]
 
 DEFAULT_RECIPE = "quickstart"
@@ -199,6 +200,24 @@ def read_recipe_text(path: Path) -> str:
         raise ConfigError(f"{path}: cannot be read ({err.strerror or err})") from None
 
 
+def recipe_mapping(text: str, where: str) -> dict[str, Any]:
+    """The mapping a recipe's YAML text holds (an empty text is an empty mapping).
+
+    Raises:
+        ConfigError: the text is not YAML, is nested too deeply to read, or holds
+            something other than a mapping.
+    """
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{where}: not valid YAML ({str(err).splitlines()[0]})") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: not a recipe (lists or mappings nested too deeply)") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping of keys, got {type(raw).__name__}")
+    return raw
+
+
 def load_recipe(
     source: str | os.PathLike[str] | None = None,
     settings: Mapping[str, Any] | None = None,
@@ -228,12 +247,7 @@ def load_recipe(
             f"recipe '{source}' is neither a file nor a built-in recipe "
             f"(built-in: {', '.join(builtin_recipes())})"
         )
-    try:
-        raw = yaml.safe_load(text) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{where}: not valid YAML ({str(err).splitlines()[0]})") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: expected a mapping of keys, got {type(raw).__name__}")
+    raw = recipe_mapping(text, where)
     merged = {k: v for k, v in overrides.items() if v is not None} | dict(settings or {})
     for key, value in merged.items():
         node = raw

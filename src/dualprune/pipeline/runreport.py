@@ -14,11 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from safetensors.torch import load_file
 
 from dualprune import models
-from dualprune.errors import CheckpointError
+from dualprune.errors import CheckpointError, UnknownNameError
 from dualprune.report.report import build_report, terminal_table, write_report
 from dualprune.train.run import read_jsonl
 
@@ -73,7 +72,17 @@ def load_run_model(out: str | os.PathLike[str]) -> tuple[torch.nn.Module, dict[s
             "run 'dualprune run RECIPE --out DIR' first)"
         )
     info = _json(out / "run.json")
-    model = models.create(info["model"], num_classes=int(info["num_classes"]))
+    keys = ("model", "num_classes", "dataset", "input_shape")
+    if not isinstance(info, dict) or any(k not in info for k in keys):
+        raise CheckpointError(
+            f"'{out / 'run.json'}' is damaged: a run writes a mapping with {', '.join(keys)}"
+        )
+    if not isinstance(info["num_classes"], int):
+        raise CheckpointError(f"'{out / 'run.json'}' is damaged: num_classes is not an int")
+    try:
+        model = models.create(str(info["model"]), num_classes=info["num_classes"])
+    except UnknownNameError as err:
+        raise CheckpointError(f"'{out / 'run.json'}': {err}") from None
     try:
         state = load_file(str(out / "model.safetensors"))
     except Exception as err:
@@ -94,11 +103,15 @@ def report_run(out: str | os.PathLike[str]) -> tuple[Path, str]:
     Raises:
         CheckpointError: ``out`` is not a finished run directory.
     """
-    from dualprune.pipeline.recipe import validate
+    from dualprune.pipeline.recipe import read_recipe_text, recipe_mapping, validate
 
     out = Path(out)
     model, info = load_run_model(out)
-    recipe = validate(yaml.safe_load((out / "recipe.yaml").read_text()), str(out / "recipe.yaml"))
+    recipe_file = out / "recipe.yaml"
+    if not recipe_file.is_file():
+        raise CheckpointError(f"'{out}' is not a finished run directory (recipe.yaml is missing)")
+    where = str(recipe_file)
+    recipe = validate(recipe_mapping(read_recipe_text(recipe_file), where), where)
     plan = recipe.build_plan()
     constraints = plan.resolve(model) if plan is not None else {}
     stages = read_stages(out)

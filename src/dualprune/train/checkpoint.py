@@ -14,6 +14,7 @@ import pickle
 import random
 import re
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +76,9 @@ def load(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"checkpoint '{path}' does not exist")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's remarks on a foreign pickle: the error says it
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
         if found:  # a pickle that names a function or class to call: code, not weights
@@ -113,17 +116,25 @@ def load_model_state(
         raise CheckpointError(
             f"checkpoint '{path}' was saved from model '{saved}', not '{model_name}'"
         )
-    state = ckpt["model"]
+    state = ckpt.get("model")
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint '{path}' holds no model weights (no 'model' tensors)")
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     extra = sorted(set(state) - set(own))
-    bad = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    bad = sorted(
+        k
+        for k in set(own) & set(state)
+        if not isinstance(state[k], torch.Tensor) or own[k].shape != state[k].shape
+    )
     if missing or extra or bad:
         what = (
             f"missing {missing[:3]}"
             if missing
             else f"unexpected {extra[:3]}"
             if extra
+            else f"'{bad[0]}' is not a tensor"
+            if not isinstance(state[bad[0]], torch.Tensor)
             else f"shape of '{bad[0]}' is {tuple(state[bad[0]].shape)}, "
             f"model has {tuple(own[bad[0]].shape)}"
         )

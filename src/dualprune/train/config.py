@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import reprlib
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -55,16 +57,47 @@ class TrainConfig(BaseModel):
     test_samples: int | None = Field(None, gt=0, description="evaluate on a fixed random subset")
 
 
+class _Shown(reprlib.Repr):
+    """A value shown in a message: short, even for a YAML alias bomb or deep nesting."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.maxlevel, self.maxdict, self.maxlist, self.maxtuple = 3, 8, 8, 8
+        self.maxstring, self.maxother, self.maxlong = 80, 80, 40
+
+    def repr(self, x: Any) -> str:
+        text = super().repr(x)
+        return text if len(text) <= 200 else text[:197] + "..."
+
+    def repr_dict(self, x: dict[Any, Any], level: int) -> str:  # keys in the recipe's order
+        if not x:
+            return "{}"
+        if level <= 0:
+            return "{...}"
+        items = [
+            f"{self.repr1(k, level - 1)}: {self.repr1(v, level - 1)}"
+            for k, v in itertools.islice(x.items(), self.maxdict)
+        ]
+        return "{" + ", ".join(items + ["..."] * (len(x) > self.maxdict)) + "}"
+
+
+_SHOWN = _Shown()
+MAX_ERRORS = 5  # errors named in one message; the rest are counted
+
+
 def validation_message(err: ValidationError, where: str = "") -> str:
     """Turn a pydantic error into one line: ``where: key.path: message (got value)``."""
     parts = []
-    for e in err.errors():
+    errors = err.errors()
+    for e in errors[:MAX_ERRORS]:
         key = ".".join(str(p) for p in e["loc"]) or "value"
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
-        got = f" (got {e['input']!r})" if e["type"] != "missing" and "input" in e else ""
+        got = f" (got {_SHOWN.repr(e['input'])})" if e["type"] != "missing" and "input" in e else ""
         parts.append(f"{key}: {msg}{got}")
+    if len(errors) > MAX_ERRORS:
+        parts.append(f"and {len(errors) - MAX_ERRORS} more")
     prefix = f"{where}: " if where else ""
     return prefix + "; ".join(parts)
 

@@ -88,6 +88,15 @@ BASE: dict[str, dict[str, Any]] = {
     "retrain": {**OLD["retrain"], "epochs": 2, **SHIFT},
 }  # fmt: skip
 
+#: Candidate I's changes to B: batches of 32 and a Z-step every 400 of them (23 steps).
+_SMALL_BATCH: dict[str, Any] = {
+    "compress.schedule": "cosine",
+    "pretrain.batch_size": 32,
+    "compress.batch_size": 32,
+    "retrain.batch_size": 32,
+    "solver.update_every_batches": 400,
+}
+
 #: name -> (starting sections, dotted overrides; a value None removes the key)
 CANDIDATES: dict[str, tuple[dict[str, dict[str, Any]], dict[str, Any]]] = {
     "old-recipe": (OLD, {}),
@@ -104,16 +113,7 @@ CANDIDATES: dict[str, tuple[dict[str, dict[str, Any]], dict[str, Any]]] = {
     "G": (BASE, {"compress.schedule": "cosine", "solver.rho_growth": 1.3}),
     "H": (BASE, {"compress.schedule": "cosine", "solver.rho": 0.03}),
     # round 3: more learning per epoch (B with smaller batches, or a larger learning rate)
-    "I": (
-        BASE,
-        {
-            "compress.schedule": "cosine",
-            "pretrain.batch_size": 32,
-            "compress.batch_size": 32,
-            "retrain.batch_size": 32,
-            "solver.update_every_batches": 400,
-        },
-    ),
+    "I": (BASE, _SMALL_BATCH),
     "J": (
         BASE,
         {
@@ -125,37 +125,12 @@ CANDIDATES: dict[str, tuple[dict[str, dict[str, Any]], dict[str, Any]]] = {
     ),
     # round 4: from I (batch 32); a gentler retrain, a longer compress stage, and the
     # per-epoch cadence of the released code for comparison
-    "K": (
-        BASE,
-        {
-            "compress.schedule": "cosine",
-            "pretrain.batch_size": 32,
-            "compress.batch_size": 32,
-            "retrain.batch_size": 32,
-            "solver.update_every_batches": 400,
-            "retrain.lr": 0.002,
-        },
-    ),
-    "L": (
-        BASE,
-        {
-            "compress.schedule": "cosine",
-            "pretrain.batch_size": 32,
-            "compress.batch_size": 32,
-            "retrain.batch_size": 32,
-            "solver.update_every_batches": 400,
-            "retrain.lr": 0.002,
-            "compress.epochs": 6,
-            "retrain.epochs": 1,
-        },
-    ),
+    "K": (BASE, {**_SMALL_BATCH, "retrain.lr": 0.002}),
+    "L": (BASE, {**_SMALL_BATCH, "retrain.lr": 0.002, "compress.epochs": 6, "retrain.epochs": 1}),
     "M": (
         BASE,
         {
-            "compress.schedule": "cosine",
-            "pretrain.batch_size": 32,
-            "compress.batch_size": 32,
-            "retrain.batch_size": 32,
+            **_SMALL_BATCH,
             "solver.update_every_batches": None,
             "solver.update_every": 1,
             "solver.rho_growth": 1.3,

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from safetensors.torch import load_file
+from safetensors.torch import load as safetensors_load
 from torch import Tensor, nn
 
 from dualprune.errors import CheckpointError, UnknownNameError, did_you_mean
@@ -107,6 +107,22 @@ def entry(name: str) -> Pretrained:
     return PRETRAINED[key]
 
 
+def _checked_bytes(name: str) -> tuple[Path, bytes]:
+    """The file of zoo entry ``name`` and its contents, read once and sha256-checked."""
+    item = entry(name)
+    file = Path(str(resources.files("dualprune.models") / "zoo" / item.file))
+    if not file.is_file():
+        raise CheckpointError(f"pretrained weights '{PREFIX}{item.name}': {file} is missing")
+    blob = file.read_bytes()
+    digest = hashlib.sha256(blob).hexdigest()
+    if digest != item.sha256:
+        raise CheckpointError(
+            f"pretrained weights '{PREFIX}{item.name}': {file} has sha256 {digest[:16]}…, "
+            f"expected {item.sha256[:16]}…; reinstall the package"
+        )
+    return file, blob
+
+
 def path(name: str) -> Path:
     """The checked file of zoo entry ``name``.
 
@@ -114,22 +130,12 @@ def path(name: str) -> Path:
         UnknownNameError: no such entry.
         CheckpointError: the file is missing or its sha256 differs from the table's.
     """
-    item = entry(name)
-    file = Path(str(resources.files("dualprune.models") / "zoo" / item.file))
-    if not file.is_file():
-        raise CheckpointError(f"pretrained weights '{PREFIX}{item.name}': {file} is missing")
-    digest = hashlib.sha256(file.read_bytes()).hexdigest()
-    if digest != item.sha256:
-        raise CheckpointError(
-            f"pretrained weights '{PREFIX}{item.name}': {file} has sha256 {digest[:16]}…, "
-            f"expected {item.sha256[:16]}…; reinstall the package"
-        )
-    return file
+    return _checked_bytes(name)[0]
 
 
 def state_dict(name: str) -> dict[str, Tensor]:
-    """The checked weights of zoo entry ``name`` as a state dict."""
-    return load_file(str(path(name)))
+    """The checked weights of zoo entry ``name`` as a state dict (the file is read once)."""
+    return safetensors_load(_checked_bytes(name)[1])
 
 
 def load(name: str) -> nn.Module:

@@ -133,10 +133,11 @@ def _hints(obj: Any) -> dict[str, Any]:
 def checked(init: F) -> F:
     """Decorate a constructor so every argument is checked against its annotation first."""
     signature = inspect.signature(init)
+    hints_once = functools.cache(lambda: _hints(init))  # resolved at the first call, not per call
 
     @functools.wraps(init)
     def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
-        hints = _hints(init)
+        hints = hints_once()
         bound = signature.bind(self, *args, **kwargs)
         for key, value in bound.arguments.items():
             if key not in FIXED and key in hints:

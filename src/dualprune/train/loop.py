@@ -121,8 +121,10 @@ _ADVICE = (
 
 def stop_if_weights_diverged(run: TrainingRun, epoch: int) -> None:
     """Raise DivergedError if a weight of ``run.model`` is not finite (after a solver update)."""
-    for name, p in run.model.named_parameters():
-        if not bool(torch.isfinite(p).all()):
+    named = list(run.model.named_parameters())
+    finite = torch.stack([torch.isfinite(p.detach()).all() for _, p in named]).tolist()  # one sync
+    for (name, _), ok in zip(named, finite, strict=True):
+        if not ok:
             raise DivergedError(
                 f"{run.paths.out.name}: epoch {epoch + 1}: parameter '{name}' is not finite; "
                 f"{_ADVICE}"
